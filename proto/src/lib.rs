@@ -1,0 +1,8 @@
+//! Tessera's contracts: the gRPC services (generated from `protos/`), the domain types shared by
+//! every component (key ranges, the hash vindex), and PostgreSQL wire-protocol helpers used by
+//! both the gate and the tablet pooler.
+
+/// Generated gRPC code for the tablet service.
+pub mod tablet {
+    tonic::include_proto!("tessera.tablet");
+}
