@@ -2,6 +2,9 @@
 //! every component (key ranges, the hash vindex), and PostgreSQL wire-protocol helpers used by
 //! both the gate and the tablet pooler.
 
+pub mod keyrange;
+pub mod vindex;
+
 /// Generated gRPC code for the tablet service.
 pub mod tablet {
     tonic::include_proto!("tessera.tablet");

@@ -1,0 +1,1 @@
+//! SQL analysis: parsing, planning, routing and merging (being written).

@@ -1,0 +1,1 @@
+//! PostgreSQL process management (being written).
