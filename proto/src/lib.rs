@@ -9,3 +9,8 @@ pub mod vindex;
 pub mod tablet {
     tonic::include_proto!("tessera.tablet");
 }
+
+/// Generated gRPC code for the topology service (the remote `TopoStore`).
+pub mod topo {
+    tonic::include_proto!("tessera.topo");
+}
