@@ -1,0 +1,343 @@
+//! Relaying a client's batch through a server connection.
+//!
+//! A component (gate session or pooler session) translates the client's messages into frames
+//! for one server connection and records, per frame it sends, what to do with the server's
+//! answer: forward it, swallow it (frames Tessera added, such as a lazily injected Parse), or,
+//! where Tessera answers itself, emit a synthetic reply at that exact point in the stream. The
+//! pump then streams the server's answers to the client in order, copying raw frames.
+//!
+//! ReadyForQuery is never forwarded: the caller writes its own, because only the caller knows
+//! the client-visible transaction status (a gate transaction may span several shards).
+
+use std::collections::VecDeque;
+use std::io;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::error::SqlError;
+use crate::extended::Bind;
+use crate::message::{self, TxStatus, backend, frontend};
+use crate::server_conn::ServerConn;
+use crate::socket::PgStream;
+use crate::statement::{Statement, statement_name};
+
+/// Client write-buffer size at which the pump flushes mid-result, bounding memory per session.
+const CLIENT_FLUSH_BYTES: usize = 64 * 1024;
+
+/// The server's answer to one frontend message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    ParseComplete,
+    BindComplete,
+    CloseComplete,
+    /// ParameterDescription, then RowDescription or NoData.
+    DescribeStatement,
+    /// RowDescription or NoData.
+    DescribePortal,
+    /// DataRows / COPY data, then CommandComplete, EmptyQueryResponse or PortalSuspended.
+    Execute,
+    /// Everything a simple query produces, up to and including ReadyForQuery.
+    Query,
+    /// ReadyForQuery.
+    Sync,
+}
+
+impl Reply {
+    /// Does a frame with this tag end the reply?
+    fn completed_by(self, tag: u8) -> Option<bool> {
+        use backend::*;
+        match (self, tag) {
+            (Reply::ParseComplete, PARSE_COMPLETE)
+            | (Reply::BindComplete, BIND_COMPLETE)
+            | (Reply::CloseComplete, CLOSE_COMPLETE)
+            | (Reply::DescribeStatement | Reply::DescribePortal, ROW_DESCRIPTION | NO_DATA)
+            | (Reply::Execute, COMMAND_COMPLETE | EMPTY_QUERY | PORTAL_SUSPENDED) => Some(true),
+            (Reply::DescribeStatement, PARAMETER_DESCRIPTION)
+            | (Reply::Execute, DATA_ROW | COPY_OUT | COPY_DATA | COPY_DONE | COPY_IN) => Some(false),
+            (Reply::Query, READY_FOR_QUERY) | (Reply::Sync, READY_FOR_QUERY) => Some(true),
+            (Reply::Query, _) => Some(false),
+            _ => None,
+        }
+    }
+}
+
+/// What to do with the answer to one frame sent to the server.
+#[derive(Debug, Clone)]
+pub enum Expect {
+    Forward(Reply),
+    Swallow(Reply),
+    /// Bytes Tessera answers with itself, emitted when the stream reaches this point.
+    Synthetic(Bytes),
+}
+
+/// Frames queued for one server connection and the plan for their answers.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub queue: VecDeque<Expect>,
+    /// Statements this batch prepares; forgotten (and closed) if the batch fails, since the
+    /// server skipped everything after the error and cannot tell us which Parse ran.
+    pub injected: Vec<u64>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Has a frame been queued whose answer must still be read?
+    pub fn awaits_server(&self) -> bool {
+        self.queue
+            .iter()
+            .any(|e| !matches!(e, Expect::Synthetic(_)))
+    }
+
+    /// Closes statements the connection evicted from its prepared set.
+    pub fn close_evicted(&mut self, conn: &mut ServerConn) {
+        for key in std::mem::take(&mut conn.prepared.to_close) {
+            message::describe_or_close(
+                &mut conn.stream.write_buf,
+                frontend::CLOSE,
+                b'S',
+                &statement_name(key),
+            );
+            self.queue.push_back(Expect::Swallow(Reply::CloseComplete));
+        }
+    }
+
+    /// Makes sure `statement` is prepared on `conn`. With `client_parse` the client sent this
+    /// Parse and expects ParseComplete; otherwise the Parse is Tessera's own and is swallowed.
+    pub fn prepare(&mut self, conn: &mut ServerConn, statement: &Statement, client_parse: bool) {
+        self.close_evicted(conn);
+        if conn.prepared.contains(statement.key) {
+            if client_parse {
+                self.synthetic_empty(backend::PARSE_COMPLETE);
+            }
+            return;
+        }
+        statement.write_parse(&mut conn.stream.write_buf);
+        conn.prepared.insert(statement.key);
+        self.injected.push(statement.key);
+        self.queue.push_back(if client_parse {
+            Expect::Forward(Reply::ParseComplete)
+        } else {
+            Expect::Swallow(Reply::ParseComplete)
+        });
+        // Preparing may have evicted an older statement; close it in the same round trip.
+        self.close_evicted(conn);
+    }
+
+    /// The client's Bind, re-targeted at the content-named statement.
+    pub fn bind(&mut self, conn: &mut ServerConn, statement: &Statement, bind: &Bind<'_>) {
+        self.prepare(conn, statement, false);
+        bind.write_renamed(&mut conn.stream.write_buf, &statement.name);
+        self.queue.push_back(Expect::Forward(Reply::BindComplete));
+    }
+
+    /// A Bind carrying a subset of the client's parameters (split INSERTs).
+    pub fn bind_subset(
+        &mut self,
+        conn: &mut ServerConn,
+        statement: &Statement,
+        bind: &Bind<'_>,
+        param_map: &[usize],
+        forward: bool,
+    ) {
+        self.prepare(conn, statement, false);
+        bind.write_subset(&mut conn.stream.write_buf, &statement.name, param_map);
+        self.push_reply(Reply::BindComplete, forward);
+    }
+
+    pub fn describe_statement(&mut self, conn: &mut ServerConn, statement: &Statement) {
+        self.prepare(conn, statement, false);
+        message::describe_or_close(
+            &mut conn.stream.write_buf,
+            frontend::DESCRIBE,
+            b'S',
+            &statement.name,
+        );
+        self.queue.push_back(Expect::Forward(Reply::DescribeStatement));
+    }
+
+    /// Sends a client frame unchanged (Execute, Describe portal, Close portal).
+    pub fn raw(&mut self, conn: &mut ServerConn, frame: &[u8], reply: Reply, forward: bool) {
+        conn.stream.write_buf.extend_from_slice(frame);
+        self.push_reply(reply, forward);
+    }
+
+    /// A simple query. With `forward` false its results are consumed silently (control SQL).
+    pub fn query(&mut self, conn: &mut ServerConn, sql: &str, forward: bool) {
+        message::query(&mut conn.stream.write_buf, sql);
+        self.push_reply(Reply::Query, forward);
+    }
+
+    pub fn sync(&mut self, conn: &mut ServerConn) {
+        message::empty(&mut conn.stream.write_buf, frontend::SYNC);
+        self.queue.push_back(Expect::Forward(Reply::Sync));
+    }
+
+    pub fn flush(&mut self, conn: &mut ServerConn) {
+        message::empty(&mut conn.stream.write_buf, frontend::FLUSH);
+    }
+
+    pub fn synthetic(&mut self, bytes: Bytes) {
+        self.queue.push_back(Expect::Synthetic(bytes));
+    }
+
+    pub fn synthetic_empty(&mut self, tag: u8) {
+        let mut out = BytesMut::with_capacity(5);
+        message::empty(&mut out, tag);
+        self.synthetic(out.freeze());
+    }
+
+    fn push_reply(&mut self, reply: Reply, forward: bool) {
+        self.queue.push_back(if forward {
+            Expect::Forward(reply)
+        } else {
+            Expect::Swallow(reply)
+        });
+    }
+
+    /// Emits leading synthetic replies; used when no server answer precedes them.
+    pub fn drain_synthetic(&mut self, out: &mut BytesMut) {
+        while let Some(Expect::Synthetic(bytes)) = self.queue.front() {
+            out.extend_from_slice(bytes);
+            self.queue.pop_front();
+        }
+    }
+}
+
+/// Result of pumping a batch.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Status of the last ReadyForQuery read, if any.
+    pub tx_status: Option<TxStatus>,
+    /// The first error the server reported (it was forwarded to the client).
+    pub error: Option<SqlError>,
+    /// The server entered COPY FROM STDIN and waits for the client's data; pump again after
+    /// relaying CopyData/CopyDone/CopyFail.
+    pub copy_in: bool,
+    /// Whether any frame of an answer reached the client (a retry elsewhere is then unsafe).
+    pub forwarded_any: bool,
+}
+
+/// Which side of a relay failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("server connection failed: {0}")]
+    Server(io::Error),
+    #[error("client connection failed: {0}")]
+    Client(io::Error),
+    #[error("server protocol violation: {0}")]
+    Protocol(String),
+}
+
+/// Sends the queued frames and relays the answers to `client` until the batch is answered.
+pub async fn pump(
+    conn: &mut ServerConn,
+    batch: &mut Batch,
+    client: &mut PgStream,
+) -> Result<Outcome, RelayError> {
+    let mut outcome = Outcome::default();
+    if let Err(error) = conn.stream.flush().await {
+        conn.broken = true;
+        return Err(RelayError::Server(error));
+    }
+    let result = pump_answers(conn, batch, client, &mut outcome).await;
+    if result.is_err() {
+        conn.broken = true;
+    }
+    if outcome.error.is_some() {
+        for key in batch.injected.drain(..) {
+            conn.prepared.remove(key);
+            conn.prepared.to_close.push(key);
+        }
+    }
+    result.map(|()| outcome)
+}
+
+async fn pump_answers(
+    conn: &mut ServerConn,
+    batch: &mut Batch,
+    client: &mut PgStream,
+    outcome: &mut Outcome,
+) -> Result<(), RelayError> {
+    loop {
+        batch.drain_synthetic(&mut client.write_buf);
+        let Some(front) = batch.queue.front().cloned() else {
+            return Ok(());
+        };
+        let (reply, forward) = match front {
+            Expect::Forward(reply) => (reply, true),
+            Expect::Swallow(reply) => (reply, false),
+            Expect::Synthetic(_) => unreachable!("drained above"),
+        };
+        let (tag, len) = conn
+            .stream
+            .next_frame()
+            .await
+            .map_err(RelayError::Server)?;
+        match tag {
+            backend::ERROR => {
+                let error = SqlError::from_body(conn.stream.body(len));
+                outcome.forwarded_any = true;
+                conn.stream.relay_into(len, &mut client.write_buf);
+                outcome.error.get_or_insert(error);
+                if reply != Reply::Query {
+                    // The server now ignores everything up to Sync.
+                    while let Some(next) = batch.queue.front() {
+                        if matches!(next, Expect::Forward(Reply::Sync) | Expect::Swallow(Reply::Sync)) {
+                            break;
+                        }
+                        batch.queue.pop_front();
+                    }
+                }
+            }
+            backend::READY_FOR_QUERY => {
+                let status = conn.stream.body(len).first().copied().unwrap_or(0);
+                let status = TxStatus::from_byte(status).ok_or_else(|| {
+                    RelayError::Protocol(format!("invalid transaction status {status}"))
+                })?;
+                conn.stream.consume(len);
+                conn.tx_status = status;
+                outcome.tx_status = Some(status);
+                if !matches!(reply, Reply::Sync | Reply::Query) {
+                    return Err(RelayError::Protocol(format!(
+                        "ReadyForQuery while waiting for {reply:?}"
+                    )));
+                }
+                batch.queue.pop_front();
+            }
+            backend::NOTICE | backend::PARAMETER_STATUS | backend::NOTIFICATION => {
+                if forward {
+                    conn.stream.relay_into(len, &mut client.write_buf);
+                } else {
+                    conn.stream.consume(len);
+                }
+            }
+            _ => {
+                let done = reply.completed_by(tag).ok_or_else(|| {
+                    RelayError::Protocol(format!(
+                        "unexpected message '{}' while waiting for {reply:?}",
+                        crate::socket::printable(tag)
+                    ))
+                })?;
+                if forward {
+                    outcome.forwarded_any = true;
+                    conn.stream.relay_into(len, &mut client.write_buf);
+                } else {
+                    conn.stream.consume(len);
+                }
+                if tag == backend::COPY_IN || tag == backend::COPY_BOTH {
+                    outcome.copy_in = true;
+                    return Ok(());
+                }
+                if done {
+                    batch.queue.pop_front();
+                }
+            }
+        }
+        if client.write_buf.len() >= CLIENT_FLUSH_BYTES {
+            client.flush().await.map_err(RelayError::Client)?;
+        }
+    }
+}
