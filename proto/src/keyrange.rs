@@ -313,7 +313,7 @@ fn parse_bound(bound: &str) -> Result<u64, KeyRangeParseError> {
             bound: bound.to_string(),
         });
     }
-    if bound.len() % 2 != 0 {
+    if !bound.len().is_multiple_of(2) {
         return Err(KeyRangeParseError::OddLength {
             bound: bound.to_string(),
         });
