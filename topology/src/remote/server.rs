@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 use tessera_proto::topo as wire;
 use tessera_proto::topo::topo_server::{Topo, TopoServer as TopoService};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
@@ -33,6 +34,9 @@ pub struct TopoServer {
     /// Invariant: larger than every lease id handed out; ids start at 1 (0 means none on the
     /// wire).
     next_lease_id: Arc<AtomicU64>,
+    /// Turns true when the server shuts down: open watches end and lock waits give up, so that
+    /// a graceful shutdown does not wait forever on these long-lived calls.
+    closing: Arc<watch::Sender<bool>>,
 }
 
 struct HeldLease {
@@ -48,6 +52,23 @@ impl TopoServer {
             store,
             leases: Arc::new(Mutex::new(HashMap::new())),
             next_lease_id: Arc::new(AtomicU64::new(1)),
+            closing: Arc::new(watch::channel(false).0),
+        }
+    }
+
+    /// Ends every open watch and lock wait, and refuses new ones. [`TopoServer::serve`] calls
+    /// this on shutdown; call it yourself before a graceful shutdown of a server built with
+    /// [`TopoServer::into_service`]. Clients see a dropped stream and reconnect elsewhere.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Resolves once [`TopoServer::close`] was called.
+    fn closed(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut closing = self.closing.subscribe();
+        async move {
+            // An error means the sender is gone, which also means the server is gone.
+            let _ = closing.wait_for(|closing| *closing).await;
         }
     }
 
@@ -69,6 +90,11 @@ impl TopoServer {
             .map(|address| address.to_string())
             .unwrap_or_else(|_| "unknown address".to_string());
         tracing::info!(%address, store = %self.store.describe(), "serving topology over gRPC");
+        let closer = self.clone();
+        let shutdown = async move {
+            shutdown.await;
+            closer.close();
+        };
         tonic::transport::Server::builder()
             .add_service(self.into_service())
             .serve_with_incoming_shutdown(
@@ -200,7 +226,9 @@ impl Topo for TopoServer {
             .watch(&request.into_inner().prefix)
             .await
             .map_err(error_to_status)?;
-        let stream = events.map(|item| item.map(event_to_wire).map_err(error_to_status));
+        let stream = events
+            .map(|item| item.map(event_to_wire).map_err(error_to_status))
+            .take_until(self.closed());
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -212,11 +240,15 @@ impl Topo for TopoServer {
         let ttl = Duration::from_millis(request.ttl_ms);
         // If the client gives up while we wait, this future is dropped and so is the guard
         // (which releases the lock).
-        let guard = self
-            .store
-            .lock(&request.key, ttl)
-            .await
-            .map_err(error_to_status)?;
+        let guard = tokio::select! {
+            guard = self.store.lock(&request.key, ttl) => guard.map_err(error_to_status)?,
+            () = self.closed() => {
+                return Err(error_to_status(TopoError::Unavailable {
+                    endpoint: "topology server".to_string(),
+                    reason: "the server is shutting down".to_string(),
+                }));
+            }
+        };
         let ttl = guard.ttl();
         let lease = guard.into_lease();
         let lease_id = self.next_lease_id.fetch_add(1, Ordering::Relaxed);
