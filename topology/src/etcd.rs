@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, LeaseKeepAliveStream,
-    LeaseKeeper, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchOptions,
+    LeaseKeeper, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 
 use crate::error::TopoError;
@@ -111,10 +111,13 @@ impl EtcdTopo {
             .with_keep_alive_while_idle(true)
             // A member cut off from its cluster must not serve stale watches.
             .with_require_leader(true);
-        let client = tokio::time::timeout(config.connect_timeout, Client::connect(urls, Some(options)))
-            .await
-            .map_err(|_| unavailable(format!("no connection within {:?}", config.connect_timeout)))?
-            .map_err(|error| unavailable(error.to_string()))?;
+        let client =
+            tokio::time::timeout(config.connect_timeout, Client::connect(urls, Some(options)))
+                .await
+                .map_err(|_| {
+                    unavailable(format!("no connection within {:?}", config.connect_timeout))
+                })?
+                .map_err(|error| unavailable(error.to_string()))?;
         let store = EtcdTopo {
             inner: Arc::new(Inner {
                 client,
@@ -126,7 +129,10 @@ impl EtcdTopo {
         // The channel connects lazily; one real request proves etcd is there and answering.
         let probe = store.inner.full_key("/");
         let mut kv = store.inner.client.kv_client();
-        let probe_options = GetOptions::new().with_prefix().with_keys_only().with_limit(1);
+        let probe_options = GetOptions::new()
+            .with_prefix()
+            .with_keys_only()
+            .with_limit(1);
         tokio::time::timeout(config.connect_timeout, kv.get(probe, Some(probe_options)))
             .await
             .map_err(|_| {
@@ -145,11 +151,19 @@ impl EtcdTopo {
     pub async fn compact_history(&self) -> Result<Version, TopoError> {
         let inner = &self.inner;
         let mut kv = inner.client.kv_client();
-        let response = inner.call(kv.get(inner.full_key("/"), Some(GetOptions::new().with_count_only()))).await?;
+        let response = inner
+            .call(kv.get(
+                inner.full_key("/"),
+                Some(GetOptions::new().with_count_only()),
+            ))
+            .await?;
         let revision = header_revision(response.header());
         let mut kv = inner.client.kv_client();
         inner
-            .call(kv.compact(revision, Some(etcd_client::CompactionOptions::new().with_physical())))
+            .call(kv.compact(
+                revision,
+                Some(etcd_client::CompactionOptions::new().with_physical()),
+            ))
             .await?;
         Ok(Version(revision.max(0) as u64))
     }
@@ -190,8 +204,12 @@ impl Inner {
         };
         match error {
             etcd_client::Error::GRpcStatus(status) => match status.code() {
-                Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
-                | Code::Aborted | Code::ResourceExhausted => unavailable(status.message().to_string()),
+                Code::Unavailable
+                | Code::DeadlineExceeded
+                | Code::Cancelled
+                | Code::Unknown
+                | Code::Aborted
+                | Code::ResourceExhausted => unavailable(status.message().to_string()),
                 Code::InvalidArgument | Code::OutOfRange => TopoError::InvalidArgument {
                     reason: status.message().to_string(),
                 },
@@ -207,34 +225,64 @@ impl Inner {
         }
     }
 
-    /// Runs a compare transaction whose failure branch reads the key, and maps a failed compare
-    /// to `NotFound`, `AlreadyExists` or `BadVersion` as `on_failure` decides.
+    /// Runs `action` on `key` only if `compare` holds, in one transaction whose failure branch
+    /// reads the key, so a refusal comes with the key's current version (`None`: absent).
     async fn guarded(
         &self,
         key: &str,
-        compare: Compare,
-        action: TxnOp,
-    ) -> Result<(TxnResponse, Option<Version>), TopoError> {
+        compare: impl FnOnce(String) -> Compare,
+        action: impl FnOnce(String) -> TxnOp,
+    ) -> Result<Guarded, TopoError> {
         let full = self.full_key(key);
         let transaction = Txn::new()
-            .when([compare])
-            .and_then([action])
+            .when([compare(full.clone())])
+            .and_then([action(full.clone())])
             .or_else([TxnOp::get(full, None)]);
         let mut kv = self.client.kv_client();
         let response = self.call(kv.txn(transaction)).await?;
         if response.succeeded() {
-            return Ok((response, None));
+            return Ok(Guarded::Applied(version_of(header_revision(
+                response.header(),
+            ))));
         }
         let current = response.op_responses().into_iter().find_map(|op| match op {
-            TxnOpResponse::Get(get) => Some(
-                get.kvs()
-                    .first()
-                    .map(|kv| Version(kv.mod_revision().max(0) as u64)),
-            ),
+            TxnOpResponse::Get(get) => get.kvs().first().map(|kv| version_of(kv.mod_revision())),
             _ => None,
         });
-        Ok((response, current.flatten()))
+        Ok(Guarded::Refused { current })
     }
+
+    /// A compare-and-set on `key` at `expected` (update or delete).
+    async fn at_version(
+        &self,
+        key: &str,
+        expected: Version,
+        action: impl FnOnce(String) -> TxnOp,
+    ) -> Result<Version, TopoError> {
+        let revision = version_to_revision(key, expected)?;
+        let compare = |full| Compare::mod_revision(full, CompareOp::Equal, revision);
+        match self.guarded(key, compare, action).await? {
+            Guarded::Applied(version) => Ok(version),
+            Guarded::Refused { current: None } => Err(TopoError::NotFound {
+                key: key.to_string(),
+            }),
+            Guarded::Refused {
+                current: Some(actual),
+            } => Err(TopoError::BadVersion {
+                key: key.to_string(),
+                expected,
+                actual,
+            }),
+        }
+    }
+}
+
+/// The outcome of [`Inner::guarded`].
+enum Guarded {
+    /// The action ran; the store is now at this revision.
+    Applied(Version),
+    /// The comparison failed; the key's version at that moment (`None`: absent).
+    Refused { current: Option<Version> },
 }
 
 fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> i64 {
@@ -269,21 +317,13 @@ impl TopoStore for EtcdTopo {
 
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<Version, TopoError> {
         validate_key(key)?;
-        let full = self.inner.full_key(key);
-        let (response, _) = self
-            .inner
-            .guarded(
-                key,
-                Compare::create_revision(full.clone(), CompareOp::Equal, 0),
-                TxnOp::put(full, value, None),
-            )
-            .await?;
-        if response.succeeded() {
-            Ok(version_of(header_revision(response.header())))
-        } else {
-            Err(TopoError::AlreadyExists {
+        let compare = |full| Compare::create_revision(full, CompareOp::Equal, 0);
+        let put = |full| TxnOp::put(full, value, None);
+        match self.inner.guarded(key, compare, put).await? {
+            Guarded::Applied(version) => Ok(version),
+            Guarded::Refused { .. } => Err(TopoError::AlreadyExists {
                 key: key.to_string(),
-            })
+            }),
         }
     }
 
@@ -295,71 +335,39 @@ impl TopoStore for EtcdTopo {
     ) -> Result<Version, TopoError> {
         validate_key(key)?;
         let inner = &self.inner;
-        let full = inner.full_key(key);
-        let Some(expected) = expected else {
-            let mut kv = inner.client.kv_client();
-            let response = inner.call(kv.put(full, value, None)).await?;
-            return Ok(version_of(header_revision(response.header())));
-        };
-        let revision = version_to_revision(key, expected)?;
-        let (response, current) = inner
-            .guarded(
-                key,
-                Compare::mod_revision(full.clone(), CompareOp::Equal, revision),
-                TxnOp::put(full, value, None),
-            )
-            .await?;
-        if response.succeeded() {
-            return Ok(version_of(header_revision(response.header())));
+        match expected {
+            Some(expected) => {
+                let put = |full| TxnOp::put(full, value, None);
+                inner.at_version(key, expected, put).await
+            }
+            None => {
+                let mut kv = inner.client.kv_client();
+                let response = inner.call(kv.put(inner.full_key(key), value, None)).await?;
+                Ok(version_of(header_revision(response.header())))
+            }
         }
-        Err(match current {
-            None => TopoError::NotFound {
-                key: key.to_string(),
-            },
-            Some(actual) => TopoError::BadVersion {
-                key: key.to_string(),
-                expected,
-                actual,
-            },
-        })
     }
 
     async fn delete(&self, key: &str, expected: Option<Version>) -> Result<(), TopoError> {
         validate_key(key)?;
         let inner = &self.inner;
-        let full = inner.full_key(key);
-        let Some(expected) = expected else {
-            let mut kv = inner.client.kv_client();
-            let response = inner.call(kv.delete(full, None)).await?;
-            return if response.deleted() > 0 {
-                Ok(())
-            } else {
-                Err(TopoError::NotFound {
-                    key: key.to_string(),
-                })
-            };
-        };
-        let revision = version_to_revision(key, expected)?;
-        let (response, current) = inner
-            .guarded(
-                key,
-                Compare::mod_revision(full.clone(), CompareOp::Equal, revision),
-                TxnOp::delete(full, None),
-            )
-            .await?;
-        if response.succeeded() {
-            return Ok(());
+        match expected {
+            Some(expected) => {
+                let delete = |full| TxnOp::delete(full, None);
+                inner.at_version(key, expected, delete).await.map(|_| ())
+            }
+            None => {
+                let mut kv = inner.client.kv_client();
+                let response = inner.call(kv.delete(inner.full_key(key), None)).await?;
+                if response.deleted() > 0 {
+                    Ok(())
+                } else {
+                    Err(TopoError::NotFound {
+                        key: key.to_string(),
+                    })
+                }
+            }
         }
-        Err(match current {
-            None => TopoError::NotFound {
-                key: key.to_string(),
-            },
-            Some(actual) => TopoError::BadVersion {
-                key: key.to_string(),
-                expected,
-                actual,
-            },
-        })
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, TopoError> {
@@ -422,7 +430,13 @@ impl TopoStore for EtcdTopo {
             // Someone holds it. Give our lease back and wait until their key goes away.
             pending.revoke_now().await;
             let seen = header_revision(response.header());
-            wait_for_deletion(inner, &full, seen + 1, Duration::from_secs(ttl_seconds as u64)).await;
+            wait_for_deletion(
+                inner,
+                &full,
+                seen + 1,
+                Duration::from_secs(ttl_seconds as u64),
+            )
+            .await;
         }
     }
 
@@ -439,10 +453,16 @@ fn hostname() -> String {
 }
 
 /// Lists `prefix` and returns the entries with the revision they were read at.
-async fn list_at(inner: &Inner, prefix: &str) -> Result<(Vec<(String, Versioned)>, i64), TopoError> {
+async fn list_at(
+    inner: &Inner,
+    prefix: &str,
+) -> Result<(Vec<(String, Versioned)>, i64), TopoError> {
     let mut kv = inner.client.kv_client();
     let response = inner
-        .call(kv.get(inner.full_key(prefix), Some(GetOptions::new().with_prefix())))
+        .call(kv.get(
+            inner.full_key(prefix),
+            Some(GetOptions::new().with_prefix()),
+        ))
         .await?;
     let entries = response
         .kvs()
@@ -667,7 +687,11 @@ impl LockLease for EtcdLease {
         let mut keeper = self.keeper.lock().await;
         if keeper.is_none() {
             let mut lease_client = self.inner.client.lease_client();
-            *keeper = Some(self.inner.call(lease_client.keep_alive(self.lease_id)).await?);
+            *keeper = Some(
+                self.inner
+                    .call(lease_client.keep_alive(self.lease_id))
+                    .await?,
+            );
         }
         let Some((sender, responses)) = keeper.as_mut() else {
             return Err(TopoError::Internal {

@@ -31,7 +31,9 @@ pub enum EtcdProcessError {
         action: String,
         source: std::io::Error,
     },
-    #[error("etcd did not become ready within {timeout:?}; last error: {last_error}; log tail:\n{log_tail}")]
+    #[error(
+        "etcd did not become ready within {timeout:?}; last error: {last_error}; log tail:\n{log_tail}"
+    )]
     NotReady {
         timeout: Duration,
         last_error: String,
@@ -47,6 +49,8 @@ pub struct EtcdProcess {
     peer_port: u16,
     /// `None` while stopped.
     child: Option<Child>,
+    /// Set when the last launch ended because etcd exited during startup.
+    exited_early: bool,
 }
 
 impl EtcdProcess {
@@ -81,15 +85,27 @@ impl EtcdProcess {
     /// from the test's own thread or runtime, not from a short-lived helper thread.
     pub async fn start(base_dir: &Path) -> Result<EtcdProcess, EtcdProcessError> {
         let binary = EtcdProcess::binary()?;
-        let mut process = EtcdProcess {
-            binary,
-            base_dir: base_dir.to_path_buf(),
-            client_port: free_port()?,
-            peer_port: free_port()?,
-            child: None,
-        };
-        process.launch().await?;
-        Ok(process)
+        // A port found free can be taken by someone else before etcd binds it; then etcd exits
+        // at once and we retry with other ports.
+        let mut attempt = 1;
+        loop {
+            let (client_port, peer_port) = two_free_ports()?;
+            let mut process = EtcdProcess {
+                binary: binary.clone(),
+                base_dir: base_dir.to_path_buf(),
+                client_port,
+                peer_port,
+                child: None,
+                exited_early: false,
+            };
+            match process.launch().await {
+                Ok(()) => return Ok(process),
+                Err(EtcdProcessError::NotReady { .. }) if attempt < 3 && process.exited_early => {
+                    attempt += 1;
+                }
+                Err(error) => return Err(error),
+            }
+        }
     }
 
     /// `127.0.0.1:<client port>`.
@@ -163,7 +179,10 @@ impl EtcdProcess {
         let mut command = Command::new(&self.binary);
         command
             .arg("--name=test")
-            .arg(format!("--data-dir={}", self.base_dir.join("data").display()))
+            .arg(format!(
+                "--data-dir={}",
+                self.base_dir.join("data").display()
+            ))
             .arg(format!("--listen-client-urls={client_url}"))
             .arg(format!("--advertise-client-urls={client_url}"))
             .arg(format!("--listen-peer-urls={peer_url}"))
@@ -204,6 +223,7 @@ impl EtcdProcess {
                 _ => None,
             };
             if exited.is_some() || tokio::time::Instant::now() >= deadline {
+                self.exited_early = exited.is_some();
                 self.stop();
                 return Err(EtcdProcessError::NotReady {
                     timeout: STARTUP_TIMEOUT,
@@ -232,17 +252,16 @@ impl Drop for EtcdProcess {
     }
 }
 
-/// A loopback port that was free a moment ago.
-fn free_port() -> Result<u16, EtcdProcessError> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|source| EtcdProcessError::Io {
+/// Two distinct loopback ports that were free a moment ago (both listeners are held until both
+/// are chosen, so they cannot coincide).
+fn two_free_ports() -> Result<(u16, u16), EtcdProcessError> {
+    let io = |source| EtcdProcessError::Io {
         action: "finding a free port".to_string(),
         source,
-    })?;
-    listener
-        .local_addr()
-        .map(|address| address.port())
-        .map_err(|source| EtcdProcessError::Io {
-            action: "finding a free port".to_string(),
-            source,
-        })
+    };
+    let first = TcpListener::bind("127.0.0.1:0").map_err(io)?;
+    let second = TcpListener::bind("127.0.0.1:0").map_err(io)?;
+    let first_port = first.local_addr().map_err(io)?.port();
+    let second_port = second.local_addr().map_err(io)?.port();
+    Ok((first_port, second_port))
 }

@@ -121,11 +121,21 @@ pub fn keyspace_lock(keyspace: &str) -> Result<String, TopoError> {
 /// What a topology key denotes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyKind {
-    Keyspace { keyspace: String },
-    Shard { keyspace: String, shard: String },
-    Tablet { zone: String, id: String },
+    Keyspace {
+        keyspace: String,
+    },
+    Shard {
+        keyspace: String,
+        shard: String,
+    },
+    Tablet {
+        zone: String,
+        id: String,
+    },
     /// A lock key; `name` is the part after `/tessera/locks/`.
-    Lock { name: String },
+    Lock {
+        name: String,
+    },
     /// Anything else (written by a newer version, or by hand). Consumers ignore it.
     Unknown,
 }
@@ -236,7 +246,15 @@ mod tests {
     /// Goal: names that would break the layout (slashes, empty, dots, spaces) are refused.
     #[test]
     fn bad_names_are_refused() {
-        for bad in ["", ".", "..", "a/b", "a b", "ä", &"x".repeat(MAX_NAME_BYTES + 1)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "a b",
+            "ä",
+            &"x".repeat(MAX_NAME_BYTES + 1),
+        ] {
             assert!(
                 matches!(keyspace(bad), Err(TopoError::InvalidName { .. })),
                 "{bad:?}"

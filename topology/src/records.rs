@@ -141,7 +141,12 @@ pub fn decode<T: DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, TopoErr
 }
 
 /// Fails with `Corrupt` when a record's own name disagrees with the key it is stored under.
-pub(crate) fn check_identity(key: &str, field: &str, stored: &str, expected: &str) -> Result<(), TopoError> {
+pub(crate) fn check_identity(
+    key: &str,
+    field: &str,
+    stored: &str,
+    expected: &str,
+) -> Result<(), TopoError> {
     if stored == expected {
         Ok(())
     } else {

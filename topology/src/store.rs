@@ -117,7 +117,9 @@ impl WatchStream {
 
 impl fmt::Debug for WatchStream {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter.debug_struct("WatchStream").finish_non_exhaustive()
+        formatter
+            .debug_struct("WatchStream")
+            .finish_non_exhaustive()
     }
 }
 
@@ -453,7 +455,11 @@ mod tests {
     /// Goal: malformed keys and prefixes are rejected with InvalidKey, well-formed ones pass.
     #[test]
     fn key_and_prefix_validation() {
-        for good in ["/a", "/tessera/keyspaces/app", "/tessera/cells/zone1/tablets/zone1-101"] {
+        for good in [
+            "/a",
+            "/tessera/keyspaces/app",
+            "/tessera/cells/zone1/tablets/zone1-101",
+        ] {
             assert_eq!(validate_key(good), Ok(()), "{good}");
         }
         for bad in ["", "a", "/", "/a/", "//a", "/a//b", "/a\nb"] {

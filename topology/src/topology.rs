@@ -52,10 +52,15 @@ impl Topology {
         let key = paths::keyspace(&record.name)?;
         if record.sharding_column.is_empty() {
             return Err(TopoError::InvalidArgument {
-                reason: format!("keyspace {}: sharding column must not be empty", record.name),
+                reason: format!(
+                    "keyspace {}: sharding column must not be empty",
+                    record.name
+                ),
             });
         }
-        self.store.create(&key, records::encode(&key, record)?).await
+        self.store
+            .create(&key, records::encode(&key, record)?)
+            .await
     }
 
     pub async fn get_keyspace(&self, name: &str) -> Result<(KeyspaceRecord, Version), TopoError> {
@@ -122,7 +127,9 @@ impl Topology {
     pub async fn create_shard(&self, record: &ShardRecord) -> Result<Version, TopoError> {
         let key = paths::shard(&record.keyspace, &record.name)?;
         self.store.get(&paths::keyspace(&record.keyspace)?).await?;
-        self.store.create(&key, records::encode(&key, record)?).await
+        self.store
+            .create(&key, records::encode(&key, record)?)
+            .await
     }
 
     pub async fn get_shard(
@@ -138,7 +145,10 @@ impl Topology {
     }
 
     /// The shards of one keyspace, sorted by name.
-    pub async fn list_shards(&self, keyspace: &str) -> Result<Vec<(ShardRecord, Version)>, TopoError> {
+    pub async fn list_shards(
+        &self,
+        keyspace: &str,
+    ) -> Result<Vec<(ShardRecord, Version)>, TopoError> {
         let mut shards = Vec::new();
         for (key, versioned) in self.store.list(&paths::shards_prefix(keyspace)?).await? {
             if let KeyKind::Shard { keyspace, shard } = paths::classify(&key) {
@@ -171,7 +181,9 @@ impl Topology {
     }
 
     pub async fn delete_shard(&self, keyspace: &str, shard: &str) -> Result<(), TopoError> {
-        self.store.delete(&paths::shard(keyspace, shard)?, None).await
+        self.store
+            .delete(&paths::shard(keyspace, shard)?, None)
+            .await
     }
 
     // ---- tablets ----
@@ -186,7 +198,11 @@ impl Topology {
             .await
     }
 
-    pub async fn get_tablet(&self, zone: &str, id: &str) -> Result<(TabletRecord, Version), TopoError> {
+    pub async fn get_tablet(
+        &self,
+        zone: &str,
+        id: &str,
+    ) -> Result<(TabletRecord, Version), TopoError> {
         let key = paths::tablet(zone, id)?;
         self.read(&key, |record: &TabletRecord| {
             check_tablet_identity(&key, record, zone, id)
@@ -239,11 +255,17 @@ impl Topology {
         shard: &str,
         ttl: Duration,
     ) -> Result<LockGuard, TopoError> {
-        self.store.lock(&paths::shard_lock(keyspace, shard)?, ttl).await
+        self.store
+            .lock(&paths::shard_lock(keyspace, shard)?, ttl)
+            .await
     }
 
     /// Takes the keyspace's lock (for admin operations such as resharding).
-    pub async fn lock_keyspace(&self, keyspace: &str, ttl: Duration) -> Result<LockGuard, TopoError> {
+    pub async fn lock_keyspace(
+        &self,
+        keyspace: &str,
+        ttl: Duration,
+    ) -> Result<LockGuard, TopoError> {
         self.store.lock(&paths::keyspace_lock(keyspace)?, ttl).await
     }
 

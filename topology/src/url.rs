@@ -33,8 +33,7 @@ pub enum TopoUrl {
     },
 }
 
-const SUPPORTED: &str =
-    "expected memory, file:///abs/path/topo.json, etcd://host:port[,host:port...][/prefix] or grpc://host:port";
+const SUPPORTED: &str = "expected memory, file:///abs/path/topo.json, etcd://host:port[,host:port...][/prefix] or grpc://host:port";
 
 impl TopoUrl {
     /// Parses and validates a topology URL, naming the problem when it is unusable.
@@ -53,7 +52,9 @@ impl TopoUrl {
             return Err(invalid(SUPPORTED.to_string()));
         };
         if rest.contains(['?', '#']) {
-            return Err(invalid("query strings and fragments are not supported".to_string()));
+            return Err(invalid(
+                "query strings and fragments are not supported".to_string(),
+            ));
         }
         match scheme {
             "file" => {
@@ -64,7 +65,9 @@ impl TopoUrl {
                     ));
                 }
                 if rest.ends_with('/') {
-                    return Err(invalid("the path must name a file, not a directory".to_string()));
+                    return Err(invalid(
+                        "the path must name a file, not a directory".to_string(),
+                    ));
                 }
                 Ok(TopoUrl::File(PathBuf::from(rest)))
             }
@@ -90,7 +93,9 @@ impl TopoUrl {
                     return Err(invalid("a grpc:// URL has no path".to_string()));
                 }
                 if address.contains(',') {
-                    return Err(invalid("a grpc:// URL names exactly one server".to_string()));
+                    return Err(invalid(
+                        "a grpc:// URL names exactly one server".to_string(),
+                    ));
                 }
                 let address = parse_host_port(address).map_err(invalid)?;
                 Ok(TopoUrl::Grpc { address })
@@ -138,12 +143,12 @@ pub async fn connect(url: &str) -> Result<Arc<dyn TopoStore>, TopoError> {
     match TopoUrl::parse(url)? {
         TopoUrl::Memory => Ok(Arc::new(MemoryTopo::new())),
         TopoUrl::File(path) => Ok(Arc::new(MemoryTopo::open(path)?)),
-        TopoUrl::Etcd { endpoints, prefix } => {
-            Ok(Arc::new(EtcdTopo::connect(EtcdConfig::new(endpoints, prefix)).await?))
-        }
-        TopoUrl::Grpc { address } => {
-            Ok(Arc::new(RemoteTopo::connect(&address, DEFAULT_REMOTE_TIMEOUT).await?))
-        }
+        TopoUrl::Etcd { endpoints, prefix } => Ok(Arc::new(
+            EtcdTopo::connect(EtcdConfig::new(endpoints, prefix)).await?,
+        )),
+        TopoUrl::Grpc { address } => Ok(Arc::new(
+            RemoteTopo::connect(&address, DEFAULT_REMOTE_TIMEOUT).await?,
+        )),
     }
 }
 

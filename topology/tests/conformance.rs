@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use support::{Backend, Fixture};
 use tessera_topology::paths::{self, KeyKind};
 use tessera_topology::{
-    KeyspaceRecord, ShardRecord, TableKind, TableRecord, TabletRecord, TopoError,
-    Topology, Version, WatchEvent, WatchStream,
+    KeyspaceRecord, ShardRecord, TableKind, TableRecord, TabletRecord, TopoError, Topology,
+    Version, WatchEvent, WatchStream,
 };
 
 /// Bound on waiting for any single watch event.
@@ -67,7 +67,10 @@ mod cases {
         let read = store.get(key).await.expect("get");
         assert_eq!((read.value.as_slice(), read.version), (&b"one"[..], v1));
 
-        let v2 = store.update(key, b"two".to_vec(), Some(v1)).await.expect("cas");
+        let v2 = store
+            .update(key, b"two".to_vec(), Some(v1))
+            .await
+            .expect("cas");
         assert!(v2 > v1, "version must increase: {v1} -> {v2}");
         assert_eq!(
             store.update(key, b"stale".to_vec(), Some(v1)).await,
@@ -77,11 +80,21 @@ mod cases {
                 actual: v2
             })
         );
-        assert_eq!(text(&store.get(key).await.unwrap().value), "two", "a failed CAS must not write");
+        assert_eq!(
+            text(&store.get(key).await.unwrap().value),
+            "two",
+            "a failed CAS must not write"
+        );
 
-        let v3 = store.update(key, b"three".to_vec(), None).await.expect("upsert existing");
+        let v3 = store
+            .update(key, b"three".to_vec(), None)
+            .await
+            .expect("upsert existing");
         assert!(v3 > v2);
-        let created_by_upsert = store.update("/crud/b", b"b".to_vec(), None).await.expect("upsert new");
+        let created_by_upsert = store
+            .update("/crud/b", b"b".to_vec(), None)
+            .await
+            .expect("upsert new");
         assert!(created_by_upsert > v3);
         assert_eq!(
             store.update("/crud/missing", b"x".to_vec(), Some(v3)).await,
@@ -98,7 +111,10 @@ mod cases {
                 actual: v3
             })
         );
-        store.delete(key, Some(v3)).await.expect("delete at version");
+        store
+            .delete(key, Some(v3))
+            .await
+            .expect("delete at version");
         assert_eq!(
             store.get(key).await,
             Err(TopoError::NotFound { key: key.into() })
@@ -107,10 +123,19 @@ mod cases {
             store.delete(key, None).await,
             Err(TopoError::NotFound { key: key.into() })
         );
-        store.delete("/crud/b", None).await.expect("unconditional delete");
+        store
+            .delete("/crud/b", None)
+            .await
+            .expect("unconditional delete");
 
-        let recreated = store.create(key, b"again".to_vec()).await.expect("re-create");
-        assert!(recreated > created_by_upsert, "re-creation must get a newer version");
+        let recreated = store
+            .create(key, b"again".to_vec())
+            .await
+            .expect("re-create");
+        assert!(
+            recreated > created_by_upsert,
+            "re-creation must get a newer version"
+        );
 
         for bad in ["", "relative", "/trailing/", "/a//b"] {
             assert!(
@@ -118,19 +143,35 @@ mod cases {
                 "get {bad:?}"
             );
             assert!(
-                matches!(store.create(bad, vec![]).await, Err(TopoError::InvalidKey { .. })),
+                matches!(
+                    store.create(bad, vec![]).await,
+                    Err(TopoError::InvalidKey { .. })
+                ),
                 "create {bad:?}"
             );
         }
-        assert!(matches!(store.list("nope").await, Err(TopoError::InvalidKey { .. })));
+        assert!(matches!(
+            store.list("nope").await,
+            Err(TopoError::InvalidKey { .. })
+        ));
     }
 
     /// Goal: list returns exactly the keys under a prefix (byte-wise), sorted, with versions.
     pub async fn list_semantics(fixture: Fixture) {
         let store = &fixture.store;
         let mut written = BTreeMap::new();
-        for key in ["/list/b/2", "/list/a/1", "/list/ab", "/list/a/0", "/list/b/1", "/other/x"] {
-            let version = store.create(key, key.as_bytes().to_vec()).await.expect("create");
+        for key in [
+            "/list/b/2",
+            "/list/a/1",
+            "/list/ab",
+            "/list/a/0",
+            "/list/b/1",
+            "/other/x",
+        ] {
+            let version = store
+                .create(key, key.as_bytes().to_vec())
+                .await
+                .expect("create");
             written.insert(key.to_string(), version);
         }
         let keys = |entries: &[(String, tessera_topology::Versioned)]| -> Vec<String> {
@@ -150,7 +191,13 @@ mod cases {
         );
         assert_eq!(
             keys(&store.list("/list/").await.unwrap()),
-            ["/list/a/0", "/list/a/1", "/list/ab", "/list/b/1", "/list/b/2"]
+            [
+                "/list/a/0",
+                "/list/a/1",
+                "/list/ab",
+                "/list/b/1",
+                "/list/b/2"
+            ]
         );
         assert!(store.list("/nothing/").await.unwrap().is_empty());
         assert_eq!(store.list("/").await.unwrap().len(), 6);
@@ -162,7 +209,11 @@ mod cases {
         const TASKS: usize = 8;
         const ATTEMPTS: usize = 12;
         let key = "/counter";
-        fixture.store.create(key, b"0".to_vec()).await.expect("create counter");
+        fixture
+            .store
+            .create(key, b"0".to_vec())
+            .await
+            .expect("create counter");
         let mut tasks = Vec::new();
         for _ in 0..TASKS {
             let store = fixture.other_client().await;
@@ -172,14 +223,20 @@ mod cases {
                     let current = store.get(key).await.expect("get");
                     let value: u64 = text(&current.value).parse().expect("counter value");
                     match store
-                        .update(key, (value + 1).to_string().into_bytes(), Some(current.version))
+                        .update(
+                            key,
+                            (value + 1).to_string().into_bytes(),
+                            Some(current.version),
+                        )
                         .await
                     {
                         Ok(version) => {
                             assert!(version > current.version);
                             successes += 1;
                         }
-                        Err(TopoError::BadVersion { expected, actual, .. }) => {
+                        Err(TopoError::BadVersion {
+                            expected, actual, ..
+                        }) => {
                             assert_eq!(expected, current.version);
                             assert!(actual > expected, "a conflict means someone wrote later");
                             conflicts += 1;
@@ -201,7 +258,10 @@ mod cases {
             .unwrap();
         assert_eq!(final_value, successes, "{conflicts} conflicts");
         assert_eq!(successes + conflicts, TASKS * ATTEMPTS);
-        assert!(successes >= ATTEMPTS, "at least one task's worth of progress");
+        assert!(
+            successes >= ATTEMPTS,
+            "at least one task's worth of progress"
+        );
     }
 
     /// Goal: a watch starts with a snapshot of exactly its prefix, then delivers every change
@@ -217,7 +277,11 @@ mod cases {
         let mut stream = store.watch("/w/").await.expect("watch");
         match next_event(&mut stream).await {
             WatchEvent::Snapshot(entries) => {
-                assert_eq!(entries.len(), 1, "snapshot must hold only the prefix: {entries:?}");
+                assert_eq!(
+                    entries.len(),
+                    1,
+                    "snapshot must hold only the prefix: {entries:?}"
+                );
                 assert_eq!(entries[0].0, "/w/pre");
                 assert_eq!(entries[0].1.version, pre_version);
             }
@@ -234,7 +298,10 @@ mod cases {
                     let value = format!("{writer}:{write}").into_bytes();
                     versions.push((store.update(&key, value, None).await.expect("write"), write));
                     // Noise outside the prefix must not show up.
-                    store.update("/wx/outside", b"n".to_vec(), None).await.expect("noise");
+                    store
+                        .update("/wx/outside", b"n".to_vec(), None)
+                        .await
+                        .expect("noise");
                 }
                 (key, versions)
             }));
@@ -252,9 +319,11 @@ mod cases {
         let mut received: Vec<(Version, String, String)> = Vec::new();
         while received.len() < WRITERS * WRITES {
             match next_event(&mut stream).await {
-                WatchEvent::Put { key, value, version } => {
-                    received.push((version, key, text(&value)))
-                }
+                WatchEvent::Put {
+                    key,
+                    value,
+                    version,
+                } => received.push((version, key, text(&value))),
                 other => panic!("expected only puts before the delete, got {other:?}"),
             }
         }
@@ -273,7 +342,10 @@ mod cases {
             .into_iter()
             .map(|(version, key, value)| (version, (key, value)))
             .collect();
-        assert_eq!(received, expected, "exactly the acknowledged writes, with their versions");
+        assert_eq!(
+            received, expected,
+            "exactly the acknowledged writes, with their versions"
+        );
     }
 
     /// Goal: a lock excludes: contenders from separate clients never overlap in the critical
@@ -320,7 +392,10 @@ mod cases {
         let holder = fixture.store.lock(key, ttl).await.expect("lock");
         let other = fixture.other_client().await;
         let stolen = tokio::time::timeout(Duration::from_millis(2500), other.lock(key, ttl)).await;
-        assert!(stolen.is_err(), "lock taken while its holder was renewing it");
+        assert!(
+            stolen.is_err(),
+            "lock taken while its holder was renewing it"
+        );
         assert!(!holder.is_lost());
 
         holder.release().await.expect("release");
@@ -329,7 +404,10 @@ mod cases {
             .await
             .expect("lock after release")
             .expect("lock");
-        assert!(started.elapsed() < Duration::from_secs(3), "release was not prompt");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "release was not prompt"
+        );
         guard.release().await.unwrap();
     }
 
@@ -384,24 +462,39 @@ mod cases {
                 columns: vec!["key".into(), "value".into()],
             },
         );
-        topology.create_keyspace(&keyspace).await.expect("create keyspace");
+        topology
+            .create_keyspace(&keyspace)
+            .await
+            .expect("create keyspace");
         assert!(matches!(
             topology.create_keyspace(&keyspace).await,
             Err(TopoError::AlreadyExists { .. })
         ));
         assert!(matches!(
-            topology.create_shard(&ShardRecord::new("nope", "-80")).await,
+            topology
+                .create_shard(&ShardRecord::new("nope", "-80"))
+                .await,
             Err(TopoError::NotFound { .. })
         ));
         for name in ["80-", "-80"] {
-            topology.create_shard(&ShardRecord::new("app", name)).await.expect("shard");
+            topology
+                .create_shard(&ShardRecord::new("app", name))
+                .await
+                .expect("shard");
         }
 
         let keyspaces = topology.list_keyspaces().await.expect("list keyspaces");
-        assert_eq!(keyspaces.len(), 1, "shard keys must not be listed as keyspaces");
+        assert_eq!(
+            keyspaces.len(),
+            1,
+            "shard keys must not be listed as keyspaces"
+        );
         assert_eq!(keyspaces[0].0, keyspace);
         let shards = topology.list_shards("app").await.expect("list shards");
-        let names: Vec<&str> = shards.iter().map(|(shard, _)| shard.name.as_str()).collect();
+        let names: Vec<&str> = shards
+            .iter()
+            .map(|(shard, _)| shard.name.as_str())
+            .collect();
         assert_eq!(names, ["-80", "80-"]);
 
         let (_, before) = topology.get_shard("app", "-80").await.unwrap();
@@ -414,7 +507,10 @@ mod cases {
             .await
             .expect("update shard");
         assert!(after > before);
-        assert_eq!(topology.get_shard("app", "-80").await.unwrap(), (updated, after));
+        assert_eq!(
+            topology.get_shard("app", "-80").await.unwrap(),
+            (updated, after)
+        );
 
         // Concurrent read-modify-writes of one keyspace: each adds its own table; none is lost.
         let mut tasks = Vec::new();
@@ -442,7 +538,11 @@ mod cases {
             task.await.unwrap();
         }
         let (keyspace, version) = topology.get_keyspace("app").await.unwrap();
-        assert_eq!(keyspace.tables.len(), 7, "a concurrent update was lost: {keyspace:?}");
+        assert_eq!(
+            keyspace.tables.len(),
+            7,
+            "a concurrent update was lost: {keyspace:?}"
+        );
 
         // A refusing closure and an identity change both leave the record untouched.
         let refused: Result<_, TopoError> = topology
@@ -459,7 +559,10 @@ mod cases {
                 Ok::<(), TopoError>(())
             })
             .await;
-        assert!(matches!(renamed, Err(TopoError::InvalidArgument { .. })), "{renamed:?}");
+        assert!(
+            matches!(renamed, Err(TopoError::InvalidArgument { .. })),
+            "{renamed:?}"
+        );
         assert_eq!(topology.get_keyspace("app").await.unwrap().1, version);
         assert!(matches!(
             topology.delete_keyspace("app").await,
@@ -474,15 +577,30 @@ mod cases {
             other => panic!("expected snapshot, got {other:?}"),
         }
 
-        topology.register_tablet(&tablet("zone1", "zone1-101", 25432)).await.unwrap();
-        topology.register_tablet(&tablet("zone1", "zone1-102", 25442)).await.unwrap();
-        topology.register_tablet(&tablet("zone2", "zone2-201", 25452)).await.unwrap();
-        topology.register_tablet(&tablet("zone1", "zone1-101", 26000)).await.unwrap();
+        topology
+            .register_tablet(&tablet("zone1", "zone1-101", 25432))
+            .await
+            .unwrap();
+        topology
+            .register_tablet(&tablet("zone1", "zone1-102", 25442))
+            .await
+            .unwrap();
+        topology
+            .register_tablet(&tablet("zone2", "zone2-201", 25452))
+            .await
+            .unwrap();
+        topology
+            .register_tablet(&tablet("zone1", "zone1-101", 26000))
+            .await
+            .unwrap();
         assert_eq!(topology.list_tablets(None).await.unwrap().len(), 3);
         let zone1 = topology.list_tablets(Some("zone1")).await.unwrap();
         let ids: Vec<&str> = zone1.iter().map(|(tablet, _)| tablet.id.as_str()).collect();
         assert_eq!(ids, ["zone1-101", "zone1-102"]);
-        assert_eq!(zone1[0].0.postgres_port, 26000, "re-registration overwrites");
+        assert_eq!(
+            zone1[0].0.postgres_port, 26000,
+            "re-registration overwrites"
+        );
         assert!(topology.remove_tablet("zone1", "zone1-102").await.unwrap());
         assert!(!topology.remove_tablet("zone1", "zone1-102").await.unwrap());
         assert!(matches!(
@@ -537,7 +655,11 @@ mod cases {
             })
             .await;
         assert!(matches!(update, Err(TopoError::Corrupt { .. })));
-        assert_eq!(store.get(&bad_key).await.unwrap().value, b"{not json", "left untouched");
+        assert_eq!(
+            store.get(&bad_key).await.unwrap().value,
+            b"{not json",
+            "left untouched"
+        );
 
         let mismatched = paths::shard("app", "-80").unwrap();
         store
@@ -560,9 +682,15 @@ mod cases {
             )
             .await
             .unwrap();
-        let (record, _) = topology.get_tablet("zone9", "zone9-1").await.expect("unknown fields tolerated");
+        let (record, _) = topology
+            .get_tablet("zone9", "zone9-1")
+            .await
+            .expect("unknown fields tolerated");
         assert_eq!(record.grpc_port, 3);
-        assert_eq!(record.data_dir, "", "missing optional field takes its default");
+        assert_eq!(
+            record.data_dir, "",
+            "missing optional field takes its default"
+        );
     }
 }
 

@@ -7,7 +7,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::{Proxy, etcd_client_for, start_etcd};
-use tessera_topology::{EtcdConfig, EtcdTopo, TopoError, TopoStore, Version, WatchEvent, WatchStream};
+use tessera_topology::{
+    EtcdConfig, EtcdTopo, TopoError, TopoStore, Version, WatchEvent, WatchStream,
+};
 
 const EVENT_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -30,7 +32,9 @@ async fn assert_quiet(stream: &mut WatchStream, quiet: Duration) {
 async fn through_proxy(proxy: &Proxy, prefix: &str) -> EtcdTopo {
     let mut config = EtcdConfig::new(vec![proxy.address.to_string()], prefix);
     config.request_timeout = Duration::from_secs(2);
-    EtcdTopo::connect(config).await.expect("connect through proxy")
+    EtcdTopo::connect(config)
+        .await
+        .expect("connect through proxy")
 }
 
 /// Goal: after a disconnect, the watch resumes from its last revision: every change made while
@@ -46,15 +50,23 @@ async fn watch_resumes_after_disconnect_without_loss() {
 
     direct.create("/r/before", b"0".to_vec()).await.unwrap();
     let mut stream = watched.watch("/r/").await.unwrap();
-    assert!(matches!(next_event(&mut stream).await, WatchEvent::Snapshot(entries) if entries.len() == 1));
+    assert!(
+        matches!(next_event(&mut stream).await, WatchEvent::Snapshot(entries) if entries.len() == 1)
+    );
     let live = direct.update("/r/live", b"1".to_vec(), None).await.unwrap();
-    assert!(matches!(next_event(&mut stream).await, WatchEvent::Put { version, .. } if version == live));
+    assert!(
+        matches!(next_event(&mut stream).await, WatchEvent::Put { version, .. } if version == live)
+    );
 
     proxy.cut();
     let mut written = Vec::new();
     for index in 0..5 {
         let version = direct
-            .update(&format!("/r/cut{index}"), index.to_string().into_bytes(), None)
+            .update(
+                &format!("/r/cut{index}"),
+                index.to_string().into_bytes(),
+                None,
+            )
             .await
             .unwrap();
         written.push(version);
@@ -92,7 +104,10 @@ async fn watch_relists_after_compaction() {
 
     direct.create("/c/gone", b"x".to_vec()).await.unwrap();
     let mut stream = watched.watch("/c/").await.unwrap();
-    assert!(matches!(next_event(&mut stream).await, WatchEvent::Snapshot(_)));
+    assert!(matches!(
+        next_event(&mut stream).await,
+        WatchEvent::Snapshot(_)
+    ));
 
     proxy.cut();
     direct.delete("/c/gone", None).await.unwrap();
@@ -117,7 +132,10 @@ async fn watch_relists_after_compaction() {
         }
         other => panic!("expected a fresh snapshot after compaction, got {other:?}"),
     }
-    let live = direct.update("/c/after", b"y".to_vec(), None).await.unwrap();
+    let live = direct
+        .update("/c/after", b"y".to_vec(), None)
+        .await
+        .unwrap();
     assert_eq!(
         next_event(&mut stream).await,
         WatchEvent::Put {
@@ -136,14 +154,24 @@ async fn watch_survives_etcd_restart() {
     let store = etcd_client_for(&etcd, "/restart").await;
     store.create("/x/kept", b"1".to_vec()).await.unwrap();
     let mut stream = store.watch("/x/").await.unwrap();
-    assert!(matches!(next_event(&mut stream).await, WatchEvent::Snapshot(_)));
+    assert!(matches!(
+        next_event(&mut stream).await,
+        WatchEvent::Snapshot(_)
+    ));
 
     etcd.stop();
     tokio::time::sleep(Duration::from_millis(300)).await;
     etcd.restart().await.expect("restart etcd");
 
-    assert_eq!(store.get("/x/kept").await.unwrap().value, b"1", "data survived the restart");
-    let version = store.update("/x/new", b"2".to_vec(), None).await.expect("write after restart");
+    assert_eq!(
+        store.get("/x/kept").await.unwrap().value,
+        b"1",
+        "data survived the restart"
+    );
+    let version = store
+        .update("/x/new", b"2".to_vec(), None)
+        .await
+        .expect("write after restart");
     assert_eq!(
         next_event(&mut stream).await,
         WatchEvent::Put {
@@ -165,9 +193,16 @@ async fn unreachable_etcd_fails_fast() {
     let started = Instant::now();
     match tessera_topology::connect(&format!("etcd://127.0.0.1:{closed_port}/x")).await {
         Err(TopoError::Unavailable { .. }) => {}
-        other => panic!("expected Unavailable, got {:?}", other.map(|store| store.describe())),
+        other => panic!(
+            "expected Unavailable, got {:?}",
+            other.map(|store| store.describe())
+        ),
     }
-    assert!(started.elapsed() < Duration::from_secs(8), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        started.elapsed()
+    );
 
     let directory = tempfile::tempdir().unwrap();
     let etcd = start_etcd(&directory).await;
@@ -179,7 +214,11 @@ async fn unreachable_etcd_fails_fast() {
         matches!(result, Err(TopoError::Unavailable { .. })),
         "expected Unavailable from a frozen etcd"
     );
-    assert!(started.elapsed() < Duration::from_secs(8), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        started.elapsed()
+    );
 }
 
 /// Goal: requests to an etcd that freezes after connecting fail with `Unavailable` within the
@@ -196,7 +235,10 @@ async fn requests_time_out_while_etcd_is_frozen() {
     etcd.suspend().unwrap();
     let started = Instant::now();
     let result = store.get("/f/a").await;
-    assert!(matches!(result, Err(TopoError::Unavailable { .. })), "{result:?}");
+    assert!(
+        matches!(result, Err(TopoError::Unavailable { .. })),
+        "{result:?}"
+    );
     assert!(started.elapsed() < Duration::from_secs(3));
     etcd.resume().unwrap();
 
@@ -223,15 +265,23 @@ async fn prefixes_isolate_clusters() {
     let directory = tempfile::tempdir().unwrap();
     let etcd = start_etcd(&directory).await;
     let first = tessera_topology::connect(&etcd.url("/one")).await.unwrap();
-    let second = tessera_topology::connect(&etcd.url("/two/nested")).await.unwrap();
+    let second = tessera_topology::connect(&etcd.url("/two/nested"))
+        .await
+        .unwrap();
     let unprefixed = tessera_topology::connect(&etcd.url("")).await.unwrap();
 
-    first.create("/tessera/keyspaces/app", b"1".to_vec()).await.unwrap();
+    first
+        .create("/tessera/keyspaces/app", b"1".to_vec())
+        .await
+        .unwrap();
     assert!(matches!(
         second.get("/tessera/keyspaces/app").await,
         Err(TopoError::NotFound { .. })
     ));
-    second.create("/tessera/keyspaces/app", b"2".to_vec()).await.unwrap();
+    second
+        .create("/tessera/keyspaces/app", b"2".to_vec())
+        .await
+        .unwrap();
     let listed = first.list("/").await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].0, "/tessera/keyspaces/app");
@@ -246,6 +296,9 @@ async fn prefixes_isolate_clusters() {
         .collect();
     assert_eq!(
         everything,
-        ["/one/tessera/keyspaces/app", "/two/nested/tessera/keyspaces/app"]
+        [
+            "/one/tessera/keyspaces/app",
+            "/two/nested/tessera/keyspaces/app"
+        ]
     );
 }

@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use tessera_topology::{MemoryTopo, TopoError, TopoStore, Version, WatchEvent, WATCH_CHANNEL_CAPACITY};
+use tessera_topology::{
+    MemoryTopo, TopoError, TopoStore, Version, WATCH_CHANNEL_CAPACITY, WatchEvent,
+};
 
 /// Goal: everything written through `MemoryTopo::open` — values, versions, binary data — is there
 /// after reopening, and versions keep increasing across the restart.
@@ -15,10 +17,19 @@ async fn file_store_survives_reopen() {
     let path = directory.path().join("nested").join("topo.json");
     let (kept, binary, last) = {
         let store = MemoryTopo::open(&path).unwrap();
-        let kept = store.create("/p/kept", b"{\"json\":true}".to_vec()).await.unwrap();
-        let binary = store.create("/p/binary", vec![0, 159, 146, 150, 255]).await.unwrap();
+        let kept = store
+            .create("/p/kept", b"{\"json\":true}".to_vec())
+            .await
+            .unwrap();
+        let binary = store
+            .create("/p/binary", vec![0, 159, 146, 150, 255])
+            .await
+            .unwrap();
         store.create("/p/deleted", b"x".to_vec()).await.unwrap();
-        let last = store.update("/p/deleted", b"y".to_vec(), None).await.unwrap();
+        let last = store
+            .update("/p/deleted", b"y".to_vec(), None)
+            .await
+            .unwrap();
         store.delete("/p/deleted", None).await.unwrap();
         (kept, binary, last)
     };
@@ -28,18 +39,34 @@ async fn file_store_survives_reopen() {
     let keys: Vec<&str> = entries.iter().map(|(key, _)| key.as_str()).collect();
     assert_eq!(keys, ["/p/binary", "/p/kept"]);
     assert_eq!(store.get("/p/kept").await.unwrap().version, kept);
-    assert_eq!(store.get("/p/kept").await.unwrap().value, b"{\"json\":true}");
-    assert_eq!(store.get("/p/binary").await.unwrap().value, vec![0, 159, 146, 150, 255]);
+    assert_eq!(
+        store.get("/p/kept").await.unwrap().value,
+        b"{\"json\":true}"
+    );
+    assert_eq!(
+        store.get("/p/binary").await.unwrap().value,
+        vec![0, 159, 146, 150, 255]
+    );
     assert_eq!(store.get("/p/binary").await.unwrap().version, binary);
     let next = store.create("/p/new", b"n".to_vec()).await.unwrap();
-    assert!(next > last, "versions must not restart after reopening: {next} <= {last}");
+    assert!(
+        next > last,
+        "versions must not restart after reopening: {next} <= {last}"
+    );
     // A compare-and-set with a version read before the restart still works.
-    store.update("/p/kept", b"2".to_vec(), Some(kept)).await.unwrap();
+    store
+        .update("/p/kept", b"2".to_vec(), Some(kept))
+        .await
+        .unwrap();
 
     // The file is plain JSON an operator can read.
     let text = std::fs::read_to_string(&path).unwrap();
     let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert!(parsed["entries"].as_array().is_some_and(|entries| entries.len() == 3));
+    assert!(
+        parsed["entries"]
+            .as_array()
+            .is_some_and(|entries| entries.len() == 3)
+    );
 }
 
 /// Goal: a second process (here: a second open) cannot write the same store file concurrently;
@@ -103,14 +130,21 @@ async fn connect_opens_memory_backends() {
 async fn lagging_watcher_gets_a_fresh_snapshot() {
     let store = MemoryTopo::new();
     let mut stream = store.watch("/lag/").await.unwrap();
-    assert!(matches!(stream.next_event().await, Some(Ok(WatchEvent::Snapshot(_)))));
+    assert!(matches!(
+        stream.next_event().await,
+        Some(Ok(WatchEvent::Snapshot(_)))
+    ));
 
     // Far more changes than the watch channel plus the change buffer can hold.
     let changes = WATCH_CHANNEL_CAPACITY + 2000;
     let mut last = Version(0);
     for index in 0..changes {
         last = store
-            .update(&format!("/lag/k{}", index % 7), index.to_string().into_bytes(), None)
+            .update(
+                &format!("/lag/k{}", index % 7),
+                index.to_string().into_bytes(),
+                None,
+            )
             .await
             .unwrap();
     }
@@ -126,8 +160,16 @@ async fn lagging_watcher_gets_a_fresh_snapshot() {
     }
     assert!(delivered < changes, "the watcher should have lagged");
     let entries = snapshot_after_lag.unwrap();
-    assert_eq!(entries, store.list("/lag/").await.unwrap(), "snapshot must be the current state");
-    assert!(entries.iter().any(|(_, versioned)| versioned.version == last));
+    assert_eq!(
+        entries,
+        store.list("/lag/").await.unwrap(),
+        "snapshot must be the current state"
+    );
+    assert!(
+        entries
+            .iter()
+            .any(|(_, versioned)| versioned.version == last)
+    );
 }
 
 /// Goal: when the store itself is gone for good, a watch does not stop silently: it yields an
@@ -136,7 +178,10 @@ async fn lagging_watcher_gets_a_fresh_snapshot() {
 async fn watch_reports_a_dropped_store() {
     let store = MemoryTopo::new();
     let mut stream = store.watch("/").await.unwrap();
-    assert!(matches!(stream.next_event().await, Some(Ok(WatchEvent::Snapshot(_)))));
+    assert!(matches!(
+        stream.next_event().await,
+        Some(Ok(WatchEvent::Snapshot(_)))
+    ));
     drop(store);
     match tokio::time::timeout(Duration::from_secs(5), stream.next_event()).await {
         Ok(Some(Err(TopoError::Closed { .. }))) => {}

@@ -39,21 +39,31 @@ async fn watch_survives_server_restart() {
 
     remote.create("/s/a", b"1".to_vec()).await.unwrap();
     let mut stream = remote.watch("/s/").await.unwrap();
-    assert!(matches!(next_event(&mut stream).await, WatchEvent::Snapshot(entries) if entries.len() == 1));
+    assert!(
+        matches!(next_event(&mut stream).await, WatchEvent::Snapshot(entries) if entries.len() == 1)
+    );
 
     // A second client holds a lock another waits for, so a lock wait is pending at shutdown.
-    let holder = remote.lock("/tessera/locks/l", Duration::from_secs(30)).await.unwrap();
+    let holder = remote
+        .lock("/tessera/locks/l", Duration::from_secs(30))
+        .await
+        .unwrap();
     let waiter_client = RemoteTopo::connect(&address.to_string(), DEFAULT_REMOTE_TIMEOUT)
         .await
         .unwrap();
     let waiter = tokio::spawn(async move {
-        waiter_client.lock("/tessera/locks/l", Duration::from_secs(30)).await
+        waiter_client
+            .lock("/tessera/locks/l", Duration::from_secs(30))
+            .await
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let started = Instant::now();
     server.stop().await;
-    assert!(started.elapsed() < Duration::from_secs(5), "shutdown waited on long calls");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown waited on long calls"
+    );
     match tokio::time::timeout(Duration::from_secs(5), waiter).await {
         Ok(Ok(Err(TopoError::Unavailable { .. }))) => {}
         other => panic!("pending lock wait should fail with Unavailable: {other:?}"),
@@ -67,7 +77,11 @@ async fn watch_survives_server_restart() {
     match next_event(&mut stream).await {
         WatchEvent::Snapshot(entries) => {
             let keys: Vec<&str> = entries.iter().map(|(key, _)| key.as_str()).collect();
-            assert_eq!(keys, ["/s/a", "/s/b"], "the rebuild snapshot must be current");
+            assert_eq!(
+                keys,
+                ["/s/a", "/s/b"],
+                "the rebuild snapshot must be current"
+            );
         }
         other => panic!("expected a snapshot after reconnecting, got {other:?}"),
     }
@@ -91,14 +105,21 @@ async fn lock_of_a_vanished_client_expires() {
     let server = ServerHandle::start(backing.clone(), None).await;
     let address = server.address.to_string();
     {
-        let doomed = RemoteTopo::connect(&address, DEFAULT_REMOTE_TIMEOUT).await.unwrap();
-        let guard = doomed.lock("/tessera/locks/d", Duration::from_secs(1)).await.unwrap();
+        let doomed = RemoteTopo::connect(&address, DEFAULT_REMOTE_TIMEOUT)
+            .await
+            .unwrap();
+        let guard = doomed
+            .lock("/tessera/locks/d", Duration::from_secs(1))
+            .await
+            .unwrap();
         // No release, no renewal: the client is gone.
         guard.abandon();
         drop(doomed);
     }
     let started = Instant::now();
-    let survivor = RemoteTopo::connect(&address, DEFAULT_REMOTE_TIMEOUT).await.unwrap();
+    let survivor = RemoteTopo::connect(&address, DEFAULT_REMOTE_TIMEOUT)
+        .await
+        .unwrap();
     let guard = tokio::time::timeout(
         Duration::from_secs(10),
         survivor.lock("/tessera/locks/d", Duration::from_secs(1)),
@@ -106,7 +127,10 @@ async fn lock_of_a_vanished_client_expires() {
     .await
     .expect("the lock must expire")
     .expect("lock");
-    assert!(started.elapsed() >= Duration::from_millis(300), "expired too early");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "expired too early"
+    );
     guard.release().await.unwrap();
     // The backing store agrees that the lock is free again after release.
     let direct = backing
@@ -151,7 +175,10 @@ async fn unreachable_server_fails_fast() {
         Err(TopoError::Unavailable { reason, .. }) => {
             assert!(reason.contains("tessera up"), "{reason}")
         }
-        other => panic!("expected Unavailable, got {:?}", other.map(|store| store.describe())),
+        other => panic!(
+            "expected Unavailable, got {:?}",
+            other.map(|store| store.describe())
+        ),
     }
     assert!(started.elapsed() < Duration::from_secs(7));
 }

@@ -79,12 +79,16 @@ impl StoreFile {
             .write(true)
             .open(&lock_path)
             .map_err(|error| TopoError::io(&lock_path, error))?;
-        let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
-            TopoError::io(
-                path,
-                format!("already in use by another process (lock {}: {errno})", lock_path.display()),
-            )
-        })?;
+        let lock =
+            Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+                TopoError::io(
+                    path,
+                    format!(
+                        "already in use by another process (lock {}: {errno})",
+                        lock_path.display()
+                    ),
+                )
+            })?;
 
         let store_file = StoreFile {
             path: path.to_path_buf(),

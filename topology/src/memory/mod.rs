@@ -137,7 +137,12 @@ impl Shared {
     /// Runs entirely under the state mutex with no await point, so it is atomic and
     /// cancellation-safe. The fsync of the persistent store happens under that mutex on purpose:
     /// topology writes are rare, and durability-before-visibility is then trivially true.
-    fn commit(&self, state: &mut State, key: &str, value: Option<Vec<u8>>) -> Result<Version, TopoError> {
+    fn commit(
+        &self,
+        state: &mut State,
+        key: &str,
+        value: Option<Vec<u8>>,
+    ) -> Result<Version, TopoError> {
         let revision = state.revision + 1;
         let previous = match &value {
             Some(value) => state.entries.insert(
@@ -172,10 +177,21 @@ impl Shared {
 
     /// Subscribes to changes and lists `prefix` atomically: every change after the returned
     /// revision arrives on the receiver, none before it.
-    fn subscribe(&self, prefix: &str) -> (Vec<(String, Versioned)>, u64, broadcast::Receiver<Arc<Change>>) {
+    fn subscribe(
+        &self,
+        prefix: &str,
+    ) -> (
+        Vec<(String, Versioned)>,
+        u64,
+        broadcast::Receiver<Arc<Change>>,
+    ) {
         let state = self.state.lock();
         let receiver = self.changes.subscribe();
-        (list_prefix(&state.entries, prefix), state.revision, receiver)
+        (
+            list_prefix(&state.entries, prefix),
+            state.revision,
+            receiver,
+        )
     }
 }
 
@@ -192,9 +208,13 @@ impl TopoStore for MemoryTopo {
     async fn get(&self, key: &str) -> Result<Versioned, TopoError> {
         validate_key(key)?;
         let state = self.shared.state.lock();
-        state.entries.get(key).cloned().ok_or_else(|| TopoError::NotFound {
-            key: key.to_string(),
-        })
+        state
+            .entries
+            .get(key)
+            .cloned()
+            .ok_or_else(|| TopoError::NotFound {
+                key: key.to_string(),
+            })
     }
 
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<Version, TopoError> {
@@ -328,7 +348,11 @@ async fn feed_watch(
     sender: WatchSender,
 ) {
     loop {
-        if sender.send(WatchEvent::Snapshot(std::mem::take(&mut snapshot))).await.is_err() {
+        if sender
+            .send(WatchEvent::Snapshot(std::mem::take(&mut snapshot)))
+            .await
+            .is_err()
+        {
             return;
         }
         loop {
@@ -397,7 +421,10 @@ impl MemoryLease {
 #[async_trait::async_trait]
 impl LockLease for MemoryLease {
     async fn keep_alive(&self) -> Result<(), TopoError> {
-        let shared = self.shared.upgrade().ok_or_else(|| self.lost("store dropped"))?;
+        let shared = self
+            .shared
+            .upgrade()
+            .ok_or_else(|| self.lost("store dropped"))?;
         let mut state = shared.state.lock();
         let now = Instant::now();
         match state.locks.get_mut(&self.key) {

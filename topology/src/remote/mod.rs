@@ -71,7 +71,11 @@ impl RemoteTopo {
             .keep_alive_while_idle(true);
         let channel = tokio::time::timeout(timeout, endpoint.connect())
             .await
-            .map_err(|_| unavailable(format!("no connection within {timeout:?}; is `tessera up` running?")))?
+            .map_err(|_| {
+                unavailable(format!(
+                    "no connection within {timeout:?}; is `tessera up` running?"
+                ))
+            })?
             .map_err(|error| unavailable(format!("{error}; is `tessera up` running?")))?;
         let client = TopoClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)

@@ -154,7 +154,10 @@ type WatchResponseStream = Pin<Box<dyn Stream<Item = Result<wire::WatchEvent, St
 
 #[async_trait::async_trait]
 impl Topo for TopoServer {
-    async fn get(&self, request: Request<wire::GetRequest>) -> Result<Response<wire::Entry>, Status> {
+    async fn get(
+        &self,
+        request: Request<wire::GetRequest>,
+    ) -> Result<Response<wire::Entry>, Status> {
         let key = request.into_inner().key;
         let versioned = self.store.get(&key).await.map_err(error_to_status)?;
         Ok(Response::new(entry_to_wire(key, versioned)))
@@ -180,7 +183,11 @@ impl Topo for TopoServer {
         let request = request.into_inner();
         let version = self
             .store
-            .update(&request.key, request.value, expected_version(request.expected_version))
+            .update(
+                &request.key,
+                request.value,
+                expected_version(request.expected_version),
+            )
             .await
             .map_err(error_to_status)?;
         Ok(Response::new(wire::VersionResponse { version: version.0 }))

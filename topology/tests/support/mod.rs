@@ -53,7 +53,8 @@ impl Fixture {
                 etcd: None,
             },
             Backend::File => {
-                let store = MemoryTopo::open(directory.path().join("topo.json")).expect("open file store");
+                let store =
+                    MemoryTopo::open(directory.path().join("topo.json")).expect("open file store");
                 Fixture {
                     backend,
                     store: Arc::new(store),
@@ -66,9 +67,10 @@ impl Fixture {
             Backend::Remote => {
                 let served: Arc<dyn TopoStore> = Arc::new(MemoryTopo::new());
                 let server = ServerHandle::start(served.clone(), None).await;
-                let store = RemoteTopo::connect(&server.address.to_string(), DEFAULT_REMOTE_TIMEOUT)
-                    .await
-                    .expect("connect to topology server");
+                let store =
+                    RemoteTopo::connect(&server.address.to_string(), DEFAULT_REMOTE_TIMEOUT)
+                        .await
+                        .expect("connect to topology server");
                 Fixture {
                     backend,
                     store: Arc::new(store),
@@ -106,7 +108,9 @@ impl Fixture {
                         .expect("second client"),
                 )
             }
-            Backend::Etcd => Arc::new(etcd_client_for(self.etcd.as_ref().expect("etcd"), "/conformance").await),
+            Backend::Etcd => {
+                Arc::new(etcd_client_for(self.etcd.as_ref().expect("etcd"), "/conformance").await)
+            }
         }
     }
 }
@@ -135,9 +139,10 @@ pub struct ServerHandle {
 impl ServerHandle {
     /// Serves `store` on `address` (or a free port).
     pub async fn start(store: Arc<dyn TopoStore>, address: Option<SocketAddr>) -> ServerHandle {
-        let listener = TcpListener::bind(address.unwrap_or_else(|| "127.0.0.1:0".parse().expect("addr")))
-            .await
-            .expect("bind topology server");
+        let listener =
+            TcpListener::bind(address.unwrap_or_else(|| "127.0.0.1:0".parse().expect("addr")))
+                .await
+                .expect("bind topology server");
         let address = listener.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
