@@ -1,8 +1,8 @@
-//! Tessera's contracts: the gRPC services (generated from `protos/`), the domain types shared by
-//! every component (key ranges, the hash vindex), and PostgreSQL wire-protocol helpers used by
-//! both the gate and the tablet pooler.
+//! Tessera's contracts: the gRPC services (generated from `protos/`) and the domain types shared
+//! by every component (key ranges, the hash vindex, the SQL objects Tessera keeps in shards).
 
 pub mod keyrange;
+pub mod schema;
 pub mod vindex;
 
 /// Generated gRPC code for the tablet service.

@@ -231,18 +231,108 @@ pub enum RelayError {
     Protocol(String),
 }
 
+/// Answers gathered from one shard instead of being streamed (scatter queries, control SQL).
+#[derive(Debug, Default)]
+pub struct Collected {
+    /// RowDescription body (first one seen).
+    pub row_description: Option<Bytes>,
+    /// ParameterDescription body.
+    pub parameter_description: Option<Bytes>,
+    /// DataRow bodies in order.
+    pub rows: Vec<Bytes>,
+    /// CommandComplete tags (without NUL) in order.
+    pub tags: Vec<Bytes>,
+    /// Whole NoticeResponse frames, to pass on to the client.
+    pub notices: Vec<Bytes>,
+    pub no_data: bool,
+}
+
+/// Where forwarded answers go.
+pub enum Sink<'a> {
+    /// Raw frames into the client's write buffer (flushed as it grows).
+    Client(&'a mut PgStream),
+    /// Decoded just enough to merge later.
+    Collect(&'a mut Collected),
+}
+
+impl Sink<'_> {
+    fn put(&mut self, conn: &mut ServerConn, tag: u8, len: usize) {
+        match self {
+            Sink::Client(client) => conn.stream.relay_into(len, &mut client.write_buf),
+            Sink::Collect(collected) => {
+                let frame = &conn.stream.read_buf[..len];
+                let body = Bytes::copy_from_slice(&frame[5..]);
+                match tag {
+                    backend::ROW_DESCRIPTION => {
+                        collected.row_description.get_or_insert(body);
+                    }
+                    backend::PARAMETER_DESCRIPTION => {
+                        collected.parameter_description.get_or_insert(body);
+                    }
+                    backend::DATA_ROW => collected.rows.push(body),
+                    backend::COMMAND_COMPLETE => {
+                        let tag = message::command_tag(&body).len();
+                        collected.tags.push(body.slice(..tag));
+                    }
+                    backend::NOTICE => collected.notices.push(Bytes::copy_from_slice(frame)),
+                    backend::NO_DATA => collected.no_data = true,
+                    _ => {}
+                }
+                conn.stream.consume(len);
+            }
+        }
+    }
+
+    async fn maybe_flush(&mut self) -> Result<(), RelayError> {
+        if let Sink::Client(client) = self
+            && client.write_buf.len() >= CLIENT_FLUSH_BYTES
+        {
+            client.flush().await.map_err(RelayError::Client)?;
+        }
+        Ok(())
+    }
+
+    fn drain_synthetic(&mut self, batch: &mut Batch) {
+        match self {
+            Sink::Client(client) => batch.drain_synthetic(&mut client.write_buf),
+            Sink::Collect(_) => {
+                while let Some(Expect::Synthetic(_)) = batch.queue.front() {
+                    batch.queue.pop_front();
+                }
+            }
+        }
+    }
+}
+
 /// Sends the queued frames and relays the answers to `client` until the batch is answered.
 pub async fn pump(
     conn: &mut ServerConn,
     batch: &mut Batch,
     client: &mut PgStream,
 ) -> Result<Outcome, RelayError> {
+    pump_into(conn, batch, Sink::Client(client)).await
+}
+
+/// Like [`pump`], gathering the answers instead of streaming them.
+pub async fn collect(
+    conn: &mut ServerConn,
+    batch: &mut Batch,
+    collected: &mut Collected,
+) -> Result<Outcome, RelayError> {
+    pump_into(conn, batch, Sink::Collect(collected)).await
+}
+
+async fn pump_into(
+    conn: &mut ServerConn,
+    batch: &mut Batch,
+    mut sink: Sink<'_>,
+) -> Result<Outcome, RelayError> {
     let mut outcome = Outcome::default();
     if let Err(error) = conn.stream.flush().await {
         conn.broken = true;
         return Err(RelayError::Server(error));
     }
-    let result = pump_answers(conn, batch, client, &mut outcome).await;
+    let result = pump_answers(conn, batch, &mut sink, &mut outcome).await;
     if result.is_err() {
         conn.broken = true;
     }
@@ -258,11 +348,11 @@ pub async fn pump(
 async fn pump_answers(
     conn: &mut ServerConn,
     batch: &mut Batch,
-    client: &mut PgStream,
+    sink: &mut Sink<'_>,
     outcome: &mut Outcome,
 ) -> Result<(), RelayError> {
     loop {
-        batch.drain_synthetic(&mut client.write_buf);
+        sink.drain_synthetic(batch);
         let Some(front) = batch.queue.front().cloned() else {
             return Ok(());
         };
@@ -280,7 +370,11 @@ async fn pump_answers(
             backend::ERROR => {
                 let error = SqlError::from_body(conn.stream.body(len));
                 outcome.forwarded_any = true;
-                conn.stream.relay_into(len, &mut client.write_buf);
+                match sink {
+                    // A collecting caller reports the error itself, once, after merging.
+                    Sink::Collect(_) => conn.stream.consume(len),
+                    Sink::Client(_) => sink.put(conn, tag, len),
+                }
                 outcome.error.get_or_insert(error);
                 if reply != Reply::Query {
                     // The server now ignores everything up to Sync.
@@ -309,7 +403,7 @@ async fn pump_answers(
             }
             backend::NOTICE | backend::PARAMETER_STATUS | backend::NOTIFICATION => {
                 if forward {
-                    conn.stream.relay_into(len, &mut client.write_buf);
+                    sink.put(conn, tag, len);
                 } else {
                     conn.stream.consume(len);
                 }
@@ -323,7 +417,7 @@ async fn pump_answers(
                 })?;
                 if forward {
                     outcome.forwarded_any = true;
-                    conn.stream.relay_into(len, &mut client.write_buf);
+                    sink.put(conn, tag, len);
                 } else {
                     conn.stream.consume(len);
                 }
@@ -336,8 +430,6 @@ async fn pump_answers(
                 }
             }
         }
-        if client.write_buf.len() >= CLIENT_FLUSH_BYTES {
-            client.flush().await.map_err(RelayError::Client)?;
-        }
+        sink.maybe_flush().await?;
     }
 }
