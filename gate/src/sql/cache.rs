@@ -1,0 +1,248 @@
+//! The plan cache shared by every session of a gate.
+//!
+//! Keyed by (keyspace, statement text, parameter type OIDs); an entry planned under an older
+//! vschema version is a miss and is replaced. A hit hashes the borrowed key, compares it in
+//! place under a read lock and clones an `Arc`: no parsing and no heap allocation. The cache is
+//! split into independently locked parts so sessions rarely wait for each other, and each part
+//! evicts its least recently used entry when full.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use parking_lot::RwLock;
+
+use super::error::PlanError;
+use super::plan::{StatementPlan, plan_query, plan_statement};
+use super::vschema::VSchema;
+
+/// Number of independently locked parts (fewer for tiny caches).
+const PARTS: usize = 16;
+
+/// Counters of a [`PlanCache`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub entries: usize,
+}
+
+/// Extended-protocol statements and simple-protocol query strings are cached apart: the same
+/// text plans differently (one statement vs. a list).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Mode {
+    Statement,
+    Query,
+}
+
+#[derive(Debug, Clone)]
+enum Cached {
+    Statement(Arc<StatementPlan>),
+    Query(Arc<[Arc<StatementPlan>]>),
+}
+
+#[derive(Debug)]
+struct Entry {
+    mode: Mode,
+    keyspace: Box<str>,
+    sql: Box<str>,
+    param_types: Box<[u32]>,
+    /// vschema version the plan was made under.
+    version: u64,
+    value: Cached,
+    /// Clock tick of the last hit, for LRU eviction.
+    last_used: AtomicU64,
+}
+
+impl Entry {
+    fn matches(&self, mode: Mode, keyspace: &str, sql: &str, param_types: &[u32]) -> bool {
+        self.mode == mode
+            && *self.keyspace == *keyspace
+            && *self.sql == *sql
+            && *self.param_types == *param_types
+    }
+}
+
+/// The map key is already a 64-bit hash of the full key; hashing it again would be waste.
+#[derive(Default)]
+struct PassThroughHasher(u64);
+
+impl Hasher for PassThroughHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0 << 8) | u64::from(*byte);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+}
+
+#[derive(Debug, Default)]
+struct Part {
+    /// Hash of the full key -> entries with that hash (almost always one).
+    map: HashMap<u64, Vec<Entry>, BuildHasherDefault<PassThroughHasher>>,
+    /// Invariant: equals the total number of entries in `map`.
+    entries: usize,
+}
+
+/// A bounded, concurrent plan cache.
+#[derive(Debug)]
+pub struct PlanCache {
+    parts: Box<[RwLock<Part>]>,
+    /// Randomly keyed so clients cannot aim statements at one bucket.
+    hasher: RandomState,
+    /// Invariant: every part holds at most this many entries.
+    capacity_per_part: usize,
+    clock: AtomicU64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    entries: AtomicUsize,
+}
+
+impl PlanCache {
+    /// A cache holding at most about `capacity` plans (0 disables caching).
+    pub fn new(capacity: usize) -> Self {
+        let part_count = PARTS.min(capacity.max(1));
+        let parts: Vec<RwLock<Part>> = (0..part_count).map(|_| RwLock::new(Part::default())).collect();
+        PlanCache {
+            parts: parts.into_boxed_slice(),
+            hasher: RandomState::new(),
+            capacity_per_part: capacity.div_ceil(part_count),
+            clock: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            entries: AtomicUsize::new(0),
+        }
+    }
+
+    /// The plan of an extended-protocol statement (Parse), from the cache when possible.
+    pub fn get_statement(
+        &self,
+        sql: &str,
+        param_types: &[u32],
+        vschema: &VSchema,
+    ) -> Result<Arc<StatementPlan>, PlanError> {
+        if let Some(Cached::Statement(plan)) = self.lookup(Mode::Statement, sql, param_types, vschema) {
+            return Ok(plan);
+        }
+        let plan = plan_statement(sql, vschema)?;
+        self.insert(Mode::Statement, sql, param_types, vschema, Cached::Statement(plan.clone()));
+        Ok(plan)
+    }
+
+    /// The plans of a simple-protocol query string, from the cache when possible.
+    pub fn get_query(&self, sql: &str, vschema: &VSchema) -> Result<Arc<[Arc<StatementPlan>]>, PlanError> {
+        if let Some(Cached::Query(plans)) = self.lookup(Mode::Query, sql, &[], vschema) {
+            return Ok(plans);
+        }
+        let plans: Arc<[Arc<StatementPlan>]> = plan_query(sql, vschema)?.into();
+        self.insert(Mode::Query, sql, &[], vschema, Cached::Query(plans.clone()));
+        Ok(plans)
+    }
+
+    /// Hit, miss and size counters.
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            entries: self.entries.load(Ordering::Relaxed),
+        }
+    }
+
+    fn key_hash(&self, mode: Mode, keyspace: &str, sql: &str, param_types: &[u32]) -> u64 {
+        self.hasher.hash_one((mode, keyspace, sql, param_types))
+    }
+
+    fn part(&self, hash: u64) -> &RwLock<Part> {
+        // The low bits pick the bucket inside the part's map; use high bits for the part.
+        &self.parts[((hash >> 48) as usize) % self.parts.len()]
+    }
+
+    fn lookup(&self, mode: Mode, sql: &str, param_types: &[u32], vschema: &VSchema) -> Option<Cached> {
+        let hash = self.key_hash(mode, &vschema.keyspace, sql, param_types);
+        let part = self.part(hash).read();
+        let found = part.map.get(&hash).and_then(|entries| {
+            entries
+                .iter()
+                .find(|entry| entry.matches(mode, &vschema.keyspace, sql, param_types))
+        });
+        match found {
+            Some(entry) if entry.version == vschema.version => {
+                let tick = self.clock.fetch_add(1, Ordering::Relaxed);
+                entry.last_used.store(tick, Ordering::Relaxed);
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                Some(entry.value.clone())
+            }
+            _ => {
+                self.misses.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    fn insert(&self, mode: Mode, sql: &str, param_types: &[u32], vschema: &VSchema, value: Cached) {
+        if self.capacity_per_part == 0 {
+            return;
+        }
+        let hash = self.key_hash(mode, &vschema.keyspace, sql, param_types);
+        let tick = self.clock.fetch_add(1, Ordering::Relaxed);
+        let mut part = self.part(hash).write();
+        let entries = part.map.entry(hash).or_default();
+        if let Some(existing) = entries
+            .iter_mut()
+            .find(|entry| entry.matches(mode, &vschema.keyspace, sql, param_types))
+        {
+            // A stale plan (older vschema) or a concurrent miss: keep the newest.
+            if vschema.version >= existing.version {
+                existing.version = vschema.version;
+                existing.value = value;
+                existing.last_used.store(tick, Ordering::Relaxed);
+            }
+            return;
+        }
+        entries.push(Entry {
+            mode,
+            keyspace: vschema.keyspace.as_str().into(),
+            sql: sql.into(),
+            param_types: param_types.into(),
+            version: vschema.version,
+            value,
+            last_used: AtomicU64::new(tick),
+        });
+        part.entries += 1;
+        self.entries.fetch_add(1, Ordering::Relaxed);
+        if part.entries > self.capacity_per_part {
+            Self::evict_least_recent(&mut part);
+            self.entries.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    fn evict_least_recent(part: &mut Part) {
+        let oldest = part
+            .map
+            .iter()
+            .flat_map(|(hash, entries)| {
+                entries
+                    .iter()
+                    .enumerate()
+                    .map(move |(index, entry)| (entry.last_used.load(Ordering::Relaxed), *hash, index))
+            })
+            .min();
+        if let Some((_, hash, index)) = oldest
+            && let Some(entries) = part.map.get_mut(&hash)
+        {
+            entries.swap_remove(index);
+            if entries.is_empty() {
+                part.map.remove(&hash);
+            }
+            part.entries -= 1;
+        }
+    }
+}
