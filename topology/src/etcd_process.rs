@@ -138,8 +138,28 @@ impl EtcdProcess {
     }
 
     /// Freezes etcd (SIGSTOP) without closing its sockets: clients see a hang, not a refusal.
+    /// Returns once the kernel reports the process stopped (signal delivery is asynchronous).
     pub fn suspend(&self) -> Result<(), EtcdProcessError> {
-        self.signal(nix::sys::signal::Signal::SIGSTOP)
+        self.signal(nix::sys::signal::Signal::SIGSTOP)?;
+        let Some(pid) = self.pid() else {
+            return Ok(());
+        };
+        let stat_path = format!("/proc/{pid}/stat");
+        for _ in 0..200 {
+            // The state is the first field after the parenthesised command name.
+            let stat = std::fs::read_to_string(&stat_path).unwrap_or_default();
+            let state = stat
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next());
+            if matches!(state, Some('T' | 't')) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Err(EtcdProcessError::Io {
+            action: "waiting for etcd to stop after SIGSTOP".to_string(),
+            source: std::io::Error::other("process did not reach the stopped state within 1 s"),
+        })
     }
 
     /// Thaws etcd after [`EtcdProcess::suspend`].
