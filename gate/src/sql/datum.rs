@@ -40,8 +40,9 @@ pub(crate) enum Datum<'a> {
     Numeric(Numeric),
     /// Compared byte-wise (text in the C collation, uuid, bytea, char).
     Bytes(&'a [u8]),
-    /// Days (date) or microseconds (time, timestamp, timestamptz as UTC).
-    Instant(i64),
+    /// Days (date) or microseconds (time, timestamp, timestamptz as UTC); i128 because
+    /// PostgreSQL's range (to 294276 AD) overflows i64 microseconds counted from 1970.
+    Instant(i128),
 }
 
 impl Datum<'_> {
@@ -135,7 +136,7 @@ pub(crate) fn decode(bytes: &[u8], type_oid: u32, format: i16) -> Result<Datum<'
         }
         DATE => {
             if binary {
-                Ok(Datum::Instant(i64::from(i32::from_be_bytes(be_bytes(
+                Ok(Datum::Instant(i128::from(i32::from_be_bytes(be_bytes(
                     bytes, type_oid,
                 )?))))
             } else {
@@ -146,11 +147,13 @@ pub(crate) fn decode(bytes: &[u8], type_oid: u32, format: i16) -> Result<Datum<'
         }
         TIME | TIMESTAMP | TIMESTAMPTZ => {
             if binary {
-                Ok(Datum::Instant(i64::from_be_bytes(be_bytes(bytes, type_oid)?)))
+                Ok(Datum::Instant(i128::from(i64::from_be_bytes(be_bytes(
+                    bytes, type_oid,
+                )?))))
             } else {
                 let text = text_of(bytes, type_oid)?;
                 let parsed = match type_oid {
-                    TIME => parse_time(text).map(|(micros, _)| micros),
+                    TIME => parse_time(text).map(|(micros, _)| i128::from(micros)),
                     _ => parse_timestamp_text(text, type_oid == TIMESTAMPTZ),
                 };
                 parsed
@@ -683,16 +686,28 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 /// astronomical year 1 - Y); returns (days since 1970-01-01, rest of the text).
 fn parse_date_part(text: &str, bc: bool) -> Option<(i64, &str)> {
     let mut parts = text.splitn(3, '-');
-    let year: i64 = parts.next()?.parse().ok()?;
-    let month: i64 = parts.next()?.parse().ok()?;
+    let year = ascii_number(parts.next()?.as_bytes())?;
+    let month = ascii_number(parts.next()?.as_bytes())?;
     let rest = parts.next()?;
     let day_length = rest.bytes().take_while(u8::is_ascii_digit).count();
     if day_length != 2 || !(1..=12).contains(&month) {
         return None;
     }
-    let day: i64 = rest[..2].parse().ok()?;
+    let day = ascii_number(&rest.as_bytes()[..2])?;
+    // PostgreSQL's range is 4713 BC to 5874897 AD; anything far beyond is not a real value.
+    if !(0..=10_000_000).contains(&year) {
+        return None;
+    }
     let year = if bc { 1 - year } else { year };
     Some((days_from_civil(year, month, day), &rest[2..]))
+}
+
+/// Value of a run of ASCII digits.
+fn ascii_number(bytes: &[u8]) -> Option<i64> {
+    if bytes.is_empty() || bytes.len() > 18 || !bytes.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(bytes.iter().fold(0, |acc, digit| acc * 10 + i64::from(digit - b'0')))
 }
 
 /// `HH:MM:SS[.ffffff]`; returns (microseconds, rest).
@@ -701,17 +716,18 @@ fn parse_time(text: &str) -> Option<(i64, &str)> {
     if bytes.len() < 8 || bytes[2] != b':' || bytes[5] != b':' {
         return None;
     }
-    let hours: i64 = text[0..2].parse().ok()?;
-    let minutes: i64 = text[3..5].parse().ok()?;
-    let seconds: i64 = text[6..8].parse().ok()?;
+    let hours = ascii_number(&bytes[0..2])?;
+    let minutes = ascii_number(&bytes[3..5])?;
+    let seconds = ascii_number(&bytes[6..8])?;
     let mut micros = ((hours * 60 + minutes) * 60 + seconds) * MICROS_PER_SECOND;
+    // Bytes 0..8 are ASCII, so 8 is a character boundary.
     let mut rest = &text[8..];
     if let Some(after_point) = rest.strip_prefix('.') {
         let length = after_point.bytes().take_while(u8::is_ascii_digit).count();
         if length == 0 || length > 6 {
             return None;
         }
-        let fraction: i64 = after_point[..length].parse().ok()?;
+        let fraction = ascii_number(&after_point.as_bytes()[..length])?;
         micros += fraction * 10i64.pow(6 - length as u32);
         rest = &after_point[length..];
     }
@@ -726,22 +742,22 @@ fn strip_bc(text: &str) -> (&str, bool) {
     }
 }
 
-fn parse_date_text(text: &str) -> Option<i64> {
+fn parse_date_text(text: &str) -> Option<i128> {
     match text {
-        "infinity" => return Some(i64::MAX),
-        "-infinity" => return Some(i64::MIN),
+        "infinity" => return Some(i128::MAX),
+        "-infinity" => return Some(i128::MIN),
         _ => {}
     }
     let (text, bc) = strip_bc(text);
     let (days, rest) = parse_date_part(text, bc)?;
-    rest.is_empty().then_some(days)
+    rest.is_empty().then_some(i128::from(days))
 }
 
 /// ISO timestamp[tz] text to microseconds since 1970-01-01 UTC.
-fn parse_timestamp_text(text: &str, with_zone: bool) -> Option<i64> {
+fn parse_timestamp_text(text: &str, with_zone: bool) -> Option<i128> {
     match text {
-        "infinity" => return Some(i64::MAX),
-        "-infinity" => return Some(i64::MIN),
+        "infinity" => return Some(i128::MAX),
+        "-infinity" => return Some(i128::MIN),
         _ => {}
     }
     let (text, bc) = strip_bc(text);
@@ -758,9 +774,12 @@ fn parse_timestamp_text(text: &str, with_zone: bool) -> Option<i64> {
             _ => return None,
         };
         let mut fields = rest[1..].split(':');
-        let hours: i64 = fields.next()?.parse().ok()?;
-        let minutes: i64 = fields.next().map_or(Some(0), |f| f.parse().ok())?;
-        let seconds: i64 = fields.next().map_or(Some(0), |f| f.parse().ok())?;
+        let hours = ascii_number(fields.next()?.as_bytes())?;
+        let minutes = fields.next().map_or(Some(0), |f| ascii_number(f.as_bytes()))?;
+        let seconds = fields.next().map_or(Some(0), |f| ascii_number(f.as_bytes()))?;
+        if hours > 99 || minutes > 59 || seconds > 59 {
+            return None;
+        }
         sign * (hours * 3600 + minutes * 60 + seconds)
     } else {
         if !rest.is_empty() {
@@ -768,7 +787,10 @@ fn parse_timestamp_text(text: &str, with_zone: bool) -> Option<i64> {
         }
         0
     };
-    Some(days * MICROS_PER_DAY + micros - offset_seconds * MICROS_PER_SECOND)
+    Some(
+        i128::from(days) * i128::from(MICROS_PER_DAY) + i128::from(micros)
+            - i128::from(offset_seconds) * i128::from(MICROS_PER_SECOND),
+    )
 }
 
 #[cfg(test)]
