@@ -9,24 +9,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use support::{Backend, Fixture};
+use support::{Backend, Fixture, next_event};
 use tessera_topology::paths::{self, KeyKind};
 use tessera_topology::{
     KeyspaceRecord, ShardRecord, TableKind, TableRecord, TabletRecord, TopoError, Topology,
-    Version, WatchEvent, WatchStream,
+    Version, WatchEvent,
 };
-
-/// Bound on waiting for any single watch event.
-const EVENT_TIMEOUT: Duration = Duration::from_secs(15);
-
-async fn next_event(stream: &mut WatchStream) -> WatchEvent {
-    match tokio::time::timeout(EVENT_TIMEOUT, stream.next_event()).await {
-        Ok(Some(Ok(event))) => event,
-        Ok(Some(Err(error))) => panic!("watch failed: {error}"),
-        Ok(None) => panic!("watch ended unexpectedly"),
-        Err(_) => panic!("no watch event within {EVENT_TIMEOUT:?}"),
-    }
-}
 
 fn text(value: &[u8]) -> String {
     String::from_utf8_lossy(value).into_owned()

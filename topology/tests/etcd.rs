@@ -6,21 +6,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{Proxy, etcd_client_for, start_etcd};
+use support::{Proxy, etcd_client_for, next_event, start_etcd};
 use tessera_topology::{
     EtcdConfig, EtcdTopo, TopoError, TopoStore, Version, WatchEvent, WatchStream,
 };
-
-const EVENT_TIMEOUT: Duration = Duration::from_secs(20);
-
-async fn next_event(stream: &mut WatchStream) -> WatchEvent {
-    match tokio::time::timeout(EVENT_TIMEOUT, stream.next_event()).await {
-        Ok(Some(Ok(event))) => event,
-        Ok(Some(Err(error))) => panic!("watch failed: {error}"),
-        Ok(None) => panic!("watch ended unexpectedly"),
-        Err(_) => panic!("no watch event within {EVENT_TIMEOUT:?}"),
-    }
-}
 
 /// Asserts that nothing arrives on the watch for `quiet`.
 async fn assert_quiet(stream: &mut WatchStream, quiet: Duration) {

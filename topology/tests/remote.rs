@@ -7,21 +7,10 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::ServerHandle;
+use support::{ServerHandle, next_event};
 use tessera_topology::{
-    DEFAULT_REMOTE_TIMEOUT, MemoryTopo, RemoteTopo, TopoError, TopoStore, WatchEvent, WatchStream,
+    DEFAULT_REMOTE_TIMEOUT, MemoryTopo, RemoteTopo, TopoError, TopoStore, WatchEvent,
 };
-
-const EVENT_TIMEOUT: Duration = Duration::from_secs(15);
-
-async fn next_event(stream: &mut WatchStream) -> WatchEvent {
-    match tokio::time::timeout(EVENT_TIMEOUT, stream.next_event()).await {
-        Ok(Some(Ok(event))) => event,
-        Ok(Some(Err(error))) => panic!("watch failed: {error}"),
-        Ok(None) => panic!("watch ended unexpectedly"),
-        Err(_) => panic!("no watch event within {EVENT_TIMEOUT:?}"),
-    }
-}
 
 /// Goal: `tessera up` restarting its server does not break remote watchers: they reconnect,
 /// rebuild from a fresh snapshot that includes changes made meanwhile, and follow new events.

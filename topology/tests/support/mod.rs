@@ -10,10 +10,24 @@ use tempfile::TempDir;
 use tessera_topology::etcd_process::EtcdProcess;
 use tessera_topology::{
     DEFAULT_REMOTE_TIMEOUT, EtcdConfig, EtcdTopo, MemoryTopo, RemoteTopo, TopoServer, TopoStore,
+    WatchEvent, WatchStream,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
+
+/// Bound on waiting for any single watch event.
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The next watch event; fails the test on an error item, the end of the stream, or silence.
+pub async fn next_event(stream: &mut WatchStream) -> WatchEvent {
+    match tokio::time::timeout(EVENT_TIMEOUT, stream.next_event()).await {
+        Ok(Some(Ok(event))) => event,
+        Ok(Some(Err(error))) => panic!("watch failed: {error}"),
+        Ok(None) => panic!("watch ended unexpectedly"),
+        Err(_) => panic!("no watch event within {EVENT_TIMEOUT:?}"),
+    }
+}
 
 /// Which backend a fixture runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,8 +48,6 @@ pub struct Fixture {
     /// The store the test talks to.
     pub store: Arc<dyn TopoStore>,
     pub directory: TempDir,
-    /// Backing store of the Remote backend (what the server exposes).
-    pub served: Option<Arc<dyn TopoStore>>,
     pub server: Option<ServerHandle>,
     pub etcd: Option<EtcdProcess>,
 }
@@ -43,55 +55,34 @@ pub struct Fixture {
 impl Fixture {
     pub async fn new(backend: Backend) -> Fixture {
         let directory = tempfile::tempdir().expect("temp dir");
-        match backend {
-            Backend::Memory => Fixture {
-                backend,
-                store: Arc::new(MemoryTopo::new()),
-                directory,
-                served: None,
-                server: None,
-                etcd: None,
-            },
-            Backend::File => {
-                let store =
-                    MemoryTopo::open(directory.path().join("topo.json")).expect("open file store");
-                Fixture {
-                    backend,
-                    store: Arc::new(store),
-                    directory,
-                    served: None,
-                    server: None,
-                    etcd: None,
-                }
-            }
+        let (mut server, mut etcd) = (None, None);
+        let store: Arc<dyn TopoStore> = match backend {
+            Backend::Memory => Arc::new(MemoryTopo::new()),
+            Backend::File => Arc::new(
+                MemoryTopo::open(directory.path().join("topo.json")).expect("open file store"),
+            ),
             Backend::Remote => {
-                let served: Arc<dyn TopoStore> = Arc::new(MemoryTopo::new());
-                let server = ServerHandle::start(served.clone(), None).await;
-                let store =
-                    RemoteTopo::connect(&server.address.to_string(), DEFAULT_REMOTE_TIMEOUT)
+                let started = ServerHandle::start(Arc::new(MemoryTopo::new()), None).await;
+                let remote =
+                    RemoteTopo::connect(&started.address.to_string(), DEFAULT_REMOTE_TIMEOUT)
                         .await
                         .expect("connect to topology server");
-                Fixture {
-                    backend,
-                    store: Arc::new(store),
-                    directory,
-                    served: Some(served),
-                    server: Some(server),
-                    etcd: None,
-                }
+                server = Some(started);
+                Arc::new(remote)
             }
             Backend::Etcd => {
-                let etcd = start_etcd(&directory).await;
-                let store = etcd_client_for(&etcd, "/conformance").await;
-                Fixture {
-                    backend,
-                    store: Arc::new(store),
-                    directory,
-                    served: None,
-                    server: None,
-                    etcd: Some(etcd),
-                }
+                let process = start_etcd(&directory).await;
+                let client = etcd_client_for(&process, "/conformance").await;
+                etcd = Some(process);
+                Arc::new(client)
             }
+        };
+        Fixture {
+            backend,
+            store,
+            directory,
+            server,
+            etcd,
         }
     }
 
