@@ -1,1 +1,61 @@
-//! (in progress)
+//! The `tessera` command: `up` runs a local cluster; admin verbs inspect and change a running
+//! one. Each command is a module with its own arguments and a `run` function.
+
+pub mod layout;
+pub mod status;
+pub mod telemetry;
+pub mod up;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "tessera", version, about = "Sharded, highly available PostgreSQL")]
+pub struct Cli {
+    #[command(flatten)]
+    pub telemetry: telemetry::TelemetryArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a complete local cluster in the foreground until Ctrl-C.
+    Up(up::UpArgs),
+    /// Show keyspaces, shards, tablets and policies of a running cluster.
+    Status(status::StatusArgs),
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _guard = match telemetry::init(&cli.telemetry) {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Up(args) => up::run(args).await,
+            Command::Status(args) => status::run(args).await,
+        }
+    });
+    // Background tasks (status streams, watches) must not delay the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

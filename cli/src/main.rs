@@ -1,1 +1,4 @@
-fn main() {}
+//! The `tessera` binary: everything lives in the library.
+fn main() -> std::process::ExitCode {
+    tessera_cli::main()
+}

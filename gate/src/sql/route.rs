@@ -376,3 +376,226 @@ impl<'a> Reader<'a> {
         Ok(i32::from_be_bytes([slice[0], slice[1], slice[2], slice[3]]))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sql::plan::plan_statement;
+    use crate::sql::vschema::{TableInfo, TableKind, VSchema};
+
+    fn vschema() -> VSchema {
+        let mut vschema = VSchema::new("app", "tenant_id");
+        for (name, family) in [("t", HashFamily::Int), ("u", HashFamily::Uuid), ("s", HashFamily::Text)] {
+            vschema.tables.insert(
+                name.to_string(),
+                TableInfo {
+                    kind: TableKind::Sharded {
+                        column: "tenant_id".to_string(),
+                        family,
+                    },
+                    columns: vec!["tenant_id".to_string(), "x".to_string()],
+                },
+            );
+        }
+        vschema
+    }
+
+    fn shards(count: u64) -> ShardMap {
+        let width = u64::MAX / count + 1;
+        ShardMap::new(
+            (0..count)
+                .map(|index| {
+                    let end = (index + 1 < count).then(|| (index + 1) * width);
+                    (format!("s{index}"), index * width, end)
+                })
+                .collect(),
+        )
+        .expect("valid map")
+    }
+
+    fn route_sql(sql: &str, params: &Params, shard_count: u64) -> Result<Route, PlanError> {
+        let plan = plan_statement(sql, &vschema()).expect("plans");
+        route(&plan, params, &shards(shard_count))
+    }
+
+    fn binary_int8_array(elements: &[Option<i64>]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&1i32.to_be_bytes());
+        bytes.extend_from_slice(&i32::from(elements.contains(&None)).to_be_bytes());
+        bytes.extend_from_slice(&20u32.to_be_bytes());
+        bytes.extend_from_slice(&(elements.len() as i32).to_be_bytes());
+        bytes.extend_from_slice(&1i32.to_be_bytes());
+        for element in elements {
+            match element {
+                Some(value) => {
+                    bytes.extend_from_slice(&8i32.to_be_bytes());
+                    bytes.extend_from_slice(&value.to_be_bytes());
+                }
+                None => bytes.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        bytes
+    }
+
+    /// Goal: a binary int8[] parameter routes like the same keys written as literals.
+    #[test]
+    fn binary_array_parameter_routes_like_literal_keys() {
+        for keys in [vec![1, 2, 3, 4, 5, 6, 7], vec![42], vec![-1, 0]] {
+            let mut elements: Vec<Option<i64>> = keys.iter().copied().map(Some).collect();
+            elements.push(None);
+            let array = binary_int8_array(&elements);
+            let values = [Some(array.as_slice())];
+            let params = Params {
+                values: &values,
+                formats: &[1],
+                types: &[1016],
+            };
+            let literal = format!(
+                "SELECT * FROM t WHERE tenant_id IN ({})",
+                keys.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            );
+            assert_eq!(
+                route_sql("SELECT * FROM t WHERE tenant_id = ANY($1)", &params, 8),
+                route_sql(&literal, &Params::NONE, 8),
+                "{keys:?}"
+            );
+        }
+    }
+
+    /// Goal: a text array parameter routes like literal keys; an empty or NULL array finds nothing.
+    #[test]
+    fn text_array_parameter_routes_like_literal_keys() {
+        let values = [Some(&b"{3, 9,NULL}"[..])];
+        let params = Params {
+            values: &values,
+            formats: &[],
+            types: &[],
+        };
+        assert_eq!(
+            route_sql("SELECT * FROM t WHERE tenant_id = ANY($1)", &params, 8),
+            route_sql("SELECT * FROM t WHERE tenant_id IN (3, 9)", &Params::NONE, 8)
+        );
+        for empty in [Some(&b"{}"[..]), None] {
+            let values = [empty];
+            let params = Params {
+                values: &values,
+                formats: &[],
+                types: &[],
+            };
+            assert_eq!(
+                route_sql("SELECT * FROM t WHERE tenant_id = ANY($1)", &params, 8),
+                Ok(Route::Single(0))
+            );
+        }
+        let values = [Some(&b"{1,x}"[..])];
+        let params = Params {
+            values: &values,
+            formats: &[],
+            types: &[],
+        };
+        assert_eq!(
+            route_sql("SELECT * FROM t WHERE tenant_id = ANY($1)", &params, 8).map_err(|e| e.sqlstate),
+            Err(INVALID_TEXT_REPRESENTATION)
+        );
+    }
+
+    /// Goal: binary parameters that do not fit the column's family are refused, not misread.
+    #[test]
+    fn unfit_binary_parameters_are_refused() {
+        let cases: [(&str, &[u8], u32, &str); 4] = [
+            ("SELECT * FROM t WHERE tenant_id = $1", &[0, 0, 1], 0, INDETERMINATE_DATATYPE),
+            ("SELECT * FROM t WHERE tenant_id = $1", &[0; 8], 1700, INDETERMINATE_DATATYPE),
+            ("SELECT * FROM u WHERE tenant_id = $1", &[0; 15], 2950, INDETERMINATE_DATATYPE),
+            ("SELECT * FROM s WHERE tenant_id = $1", &[0; 4], 23, INDETERMINATE_DATATYPE),
+        ];
+        for (sql, bytes, type_oid, sqlstate) in cases {
+            let values = [Some(bytes)];
+            let types = [type_oid];
+            let params = Params {
+                values: &values,
+                formats: &[1],
+                types: &types,
+            };
+            assert_eq!(route_sql(sql, &params, 4).map_err(|e| e.sqlstate), Err(sqlstate), "{sql} {type_oid}");
+        }
+    }
+
+    /// Goal: a uuid routes the same whether sent as 16 binary bytes or as text.
+    #[test]
+    fn uuid_binary_and_text_parameters_agree() {
+        let text = b"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11";
+        let binary = parse_uuid(text).expect("uuid");
+        for shard_count in [2, 4, 16] {
+            let text_values = [Some(&text[..])];
+            let binary_values = [Some(&binary[..])];
+            let as_text = route_sql(
+                "SELECT * FROM u WHERE tenant_id = $1",
+                &Params { values: &text_values, formats: &[0], types: &[2950] },
+                shard_count,
+            );
+            let as_binary = route_sql(
+                "SELECT * FROM u WHERE tenant_id = $1",
+                &Params { values: &binary_values, formats: &[1], types: &[2950] },
+                shard_count,
+            );
+            assert_eq!(as_text, as_binary);
+            assert!(as_text.is_ok());
+        }
+    }
+
+    /// Goal: format codes follow Bind (none = text, one = all, n = each); bad counts/codes fail.
+    #[test]
+    fn format_codes_follow_bind_semantics() {
+        let sql = "INSERT INTO t (tenant_id, x) VALUES ($1, 1), ($2, 2)";
+        let seven_binary = 7i64.to_be_bytes();
+        let text_seven = b"7";
+        let expected = route_sql(
+            "INSERT INTO t (tenant_id, x) VALUES (7, 1), (7, 2)",
+            &Params::NONE,
+            16,
+        )
+        .expect("routes");
+        let both_binary = [Some(&seven_binary[..]), Some(&seven_binary[..])];
+        let mixed = [Some(&text_seven[..]), Some(&seven_binary[..])];
+        assert_eq!(
+            route_sql(sql, &Params { values: &both_binary, formats: &[1], types: &[] }, 16),
+            Ok(expected.clone())
+        );
+        assert_eq!(
+            route_sql(sql, &Params { values: &mixed, formats: &[0, 1], types: &[] }, 16),
+            Ok(expected)
+        );
+        assert_eq!(
+            route_sql(sql, &Params { values: &mixed, formats: &[0, 1, 0], types: &[] }, 16)
+                .map(|_| ())
+                .map_err(|e| e.sqlstate),
+            Ok(()),
+            "extra format codes beyond the parameters are not consulted"
+        );
+        assert_eq!(
+            route_sql(sql, &Params { values: &mixed, formats: &[0, 1, 1], types: &[] }, 16).is_ok(),
+            true
+        );
+        let short = [Some(&text_seven[..]), Some(&text_seven[..]), Some(&text_seven[..])];
+        assert_eq!(
+            route_sql(
+                "INSERT INTO t (tenant_id, x) VALUES ($1, 1), ($2, 2), ($3, 3)",
+                &Params { values: &short, formats: &[0, 0], types: &[] },
+                16
+            )
+            .map_err(|e| e.sqlstate),
+            Err(PROTOCOL_VIOLATION)
+        );
+        assert_eq!(
+            route_sql(sql, &Params { values: &mixed, formats: &[2], types: &[] }, 16).map_err(|e| e.sqlstate),
+            Err(PROTOCOL_VIOLATION)
+        );
+    }
+
+    /// Goal: with one shard, a scatter runs as a single-shard statement (results relayed as is).
+    #[test]
+    fn scatter_on_one_shard_is_single() {
+        assert_eq!(route_sql("SELECT count(*) FROM t", &Params::NONE, 1), Ok(Route::Single(0)));
+        assert_eq!(route_sql("SELECT count(*) FROM t", &Params::NONE, 2), Ok(Route::All));
+    }
+}

@@ -1,0 +1,135 @@
+//! The simple query protocol: one Query message, possibly several statements.
+
+use std::sync::Arc;
+
+use tessera_wire::relay::RelayError;
+use tessera_wire::{SqlError, extended};
+
+use super::multi::Call;
+use super::{Flow, Session};
+use crate::sql::plan::{StatementKind, StatementPlan, check_unparsed};
+use crate::sql::route::{Params, Route, route};
+
+/// Statements allowed in a transaction that already failed.
+pub(super) fn allowed_in_failed_transaction(kind: &StatementKind) -> bool {
+    matches!(
+        kind,
+        StatementKind::Commit | StatementKind::Rollback | StatementKind::Savepoint
+    )
+}
+
+pub(super) fn aborted_error() -> SqlError {
+    SqlError::new(
+        "25P02",
+        "current transaction is aborted, commands ignored until end of transaction block",
+    )
+}
+
+impl Session {
+    pub(super) async fn simple_query(&mut self, body: &[u8]) -> Result<Flow, RelayError> {
+        let sql = match extended::parse_query(body) {
+            Ok(sql) => sql,
+            Err(error) => {
+                self.fatal_protocol(&error.to_string()).await;
+                return Ok(Flow::Close);
+            }
+        };
+        metrics::counter!("tessera_gate_queries_total", "protocol" => "simple").increment(1);
+        if let Err(error) = self.run_simple(sql).await {
+            error.encode(&mut self.client.write_buf);
+            if error.severity == "FATAL" {
+                let _ = self.client.flush().await;
+                return Ok(Flow::Close);
+            }
+        }
+        self.release_idle();
+        self.ready().await?;
+        Ok(Flow::Continue)
+    }
+
+    async fn run_simple(&mut self, sql: &str) -> Result<(), SqlError> {
+        let view = self.view()?;
+        let plans = match self.shared.plans.get_query(sql, &view.vschema) {
+            Ok(plans) => plans,
+            Err(error) => return self.run_unparsed(sql, self.plan_error(error)).await,
+        };
+        if plans.is_empty() {
+            tessera_wire::message::empty(
+                &mut self.client.write_buf,
+                tessera_wire::message::backend::EMPTY_QUERY,
+            );
+            return Ok(());
+        }
+        // Several statements all bound for one shard go there as one string, keeping
+        // PostgreSQL's implicit-transaction semantics for multi-statement queries.
+        if plans.len() > 1
+            && let Some(shard) = self.common_shard(&plans)?
+        {
+            return self.single_simple(shard, sql).await.map(|_| ());
+        }
+        for plan in plans.iter() {
+            if !self.run_simple_statement(plan).await? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The one shard every statement routes to, if there is one and none is for the gate.
+    fn common_shard(&mut self, plans: &[Arc<StatementPlan>]) -> Result<Option<usize>, SqlError> {
+        let view = self.view()?;
+        let mut common = None;
+        for plan in plans {
+            match route(plan, &Params::default(), &view.shards) {
+                Ok(Route::Single(shard)) if common.is_none_or(|c| c == shard) => common = Some(shard),
+                _ => return Ok(None),
+            }
+        }
+        Ok(common)
+    }
+
+    /// Runs one statement; `Ok(false)` if it failed and the server's error was already sent.
+    async fn run_simple_statement(&mut self, plan: &Arc<StatementPlan>) -> Result<bool, SqlError> {
+        if self.tx.is_failed() && !allowed_in_failed_transaction(&plan.kind) {
+            return Err(aborted_error());
+        }
+        let view = self.view()?;
+        let route = route(plan, &Params::default(), &view.shards).map_err(|e| self.plan_error(e))?;
+        match route {
+            Route::Gate => self.gate_command(plan).await.map(|_| true),
+            Route::Single(shard) => self.single_simple(shard, &plan.sql).await,
+            route => {
+                let mut buffered = self.multi(plan, &route, Call::Simple).await?;
+                let describe = buffered.row_description.is_some();
+                self.emit_buffered(&mut buffered, describe, 0);
+                Ok(true)
+            }
+        }
+    }
+
+    async fn single_simple(&mut self, shard: usize, sql: &str) -> Result<bool, SqlError> {
+        let index = self.hold(shard).await?;
+        let held = &mut self.held[index];
+        held.batch.query(&mut held.conn, sql, true);
+        let outcome = self.pump(index).await?;
+        Ok(outcome.error.is_none())
+    }
+
+    /// SQL the gate cannot parse runs only where that is safe: inside a transaction already
+    /// pinned to exactly one shard.
+    async fn run_unparsed(&mut self, sql: &str, error: SqlError) -> Result<(), SqlError> {
+        let participants: Vec<usize> = self
+            .held
+            .iter()
+            .filter(|h| h.in_transaction)
+            .map(|h| h.shard)
+            .collect();
+        match participants.as_slice() {
+            [shard] if self.tx.is_open() => {
+                check_unparsed(sql).map_err(|e| self.plan_error(e))?;
+                self.single_simple(*shard, sql).await.map(|_| ())
+            }
+            _ => Err(error),
+        }
+    }
+}
