@@ -246,3 +246,153 @@ impl PlanCache {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sql::plan::Target;
+    use crate::sql::vschema::{HashFamily, TableInfo, TableKind};
+
+    fn vschema() -> VSchema {
+        let mut vschema = VSchema::new("app", "tenant_id");
+        vschema.tables.insert(
+            "t".to_string(),
+            TableInfo {
+                kind: TableKind::Sharded {
+                    column: "tenant_id".to_string(),
+                    family: HashFamily::Int,
+                },
+                columns: vec!["tenant_id".to_string(), "x".to_string()],
+            },
+        );
+        vschema
+    }
+
+    impl PlanCache {
+        /// A cache with one part, so eviction order is deterministic in tests.
+        fn single_part(capacity: usize) -> Self {
+            let mut cache = PlanCache::new(capacity);
+            cache.parts = vec![RwLock::new(Part::default())].into_boxed_slice();
+            cache.capacity_per_part = capacity;
+            cache
+        }
+    }
+
+    /// Goal: the second lookup of the same text and types is a hit returning the same plan.
+    #[test]
+    fn repeated_statement_is_a_hit() {
+        let cache = PlanCache::new(64);
+        let vschema = vschema();
+        let first = cache.get_statement("SELECT * FROM t WHERE tenant_id = $1", &[20], &vschema).expect("plans");
+        let second = cache.get_statement("SELECT * FROM t WHERE tenant_id = $1", &[20], &vschema).expect("plans");
+        assert!(Arc::ptr_eq(&first, &second));
+        assert_eq!(cache.stats(), CacheStats { hits: 1, misses: 1, entries: 1 });
+    }
+
+    /// Goal: parameter types, keyspace and protocol mode are part of the key.
+    #[test]
+    fn key_includes_types_keyspace_and_mode() {
+        let cache = PlanCache::new(64);
+        let vschema = vschema();
+        let mut other_keyspace = vschema.clone();
+        other_keyspace.keyspace = "other".to_string();
+        let sql = "SELECT * FROM t WHERE tenant_id = $1";
+        cache.get_statement(sql, &[20], &vschema).expect("plans");
+        cache.get_statement(sql, &[23], &vschema).expect("plans");
+        cache.get_statement(sql, &[20], &other_keyspace).expect("plans");
+        cache.get_query("SELECT 1", &vschema).expect("plans");
+        cache.get_statement("SELECT 1", &[], &vschema).expect("plans");
+        assert_eq!(cache.stats(), CacheStats { hits: 0, misses: 5, entries: 5 });
+    }
+
+    /// Goal: a plan made under an older vschema version is a miss and is replaced in place.
+    #[test]
+    fn newer_vschema_version_invalidates() {
+        let cache = PlanCache::new(64);
+        let mut vschema = vschema();
+        let sql = "SELECT * FROM u";
+        assert!(cache.get_query(sql, &vschema).is_err(), "u is unknown");
+        vschema.apply(&crate::sql::plan::SchemaEffect::CreateTable {
+            name: "u".to_string(),
+            info: TableInfo {
+                kind: TableKind::Reference,
+                columns: vec!["a".to_string()],
+            },
+            if_not_exists: false,
+        });
+        let plans = cache.get_query(sql, &vschema).expect("u exists now");
+        assert_eq!(plans[0].target, Target::AnyShard);
+        let old = cache.get_statement("SELECT * FROM t", &[], &vschema).expect("plans");
+        vschema.version += 1;
+        let new = cache.get_statement("SELECT * FROM t", &[], &vschema).expect("plans");
+        assert!(!Arc::ptr_eq(&old, &new), "re-planned");
+        let again = cache.get_statement("SELECT * FROM t", &[], &vschema).expect("plans");
+        assert!(Arc::ptr_eq(&new, &again));
+        let stats = cache.stats();
+        assert_eq!((stats.hits, stats.misses, stats.entries), (1, 4, 2));
+    }
+
+    /// Goal: errors are not cached (every attempt re-plans and fails again).
+    #[test]
+    fn errors_are_not_cached() {
+        let cache = PlanCache::new(8);
+        for _ in 0..2 {
+            let error = cache.get_statement("SELEC 1", &[], &vschema()).expect_err("syntax");
+            assert_eq!(error.sqlstate, crate::sql::error::SYNTAX_ERROR);
+        }
+        assert_eq!(cache.stats(), CacheStats { hits: 0, misses: 2, entries: 0 });
+    }
+
+    /// Goal: the cache never holds more than its capacity and evicts the least recently used.
+    #[test]
+    fn capacity_bounds_entries_and_evicts_least_recent() {
+        let cache = PlanCache::new(16);
+        let vschema = vschema();
+        for value in 0..200 {
+            cache
+                .get_statement(&format!("SELECT {value}"), &[], &vschema)
+                .expect("plans");
+        }
+        assert!(cache.stats().entries <= 16, "{:?}", cache.stats());
+
+        let cache = PlanCache::single_part(2);
+        cache.get_statement("SELECT 1", &[], &vschema).expect("plans");
+        cache.get_statement("SELECT 2", &[], &vschema).expect("plans");
+        cache.get_statement("SELECT 1", &[], &vschema).expect("hit refreshes SELECT 1");
+        cache.get_statement("SELECT 3", &[], &vschema).expect("evicts SELECT 2");
+        let before = cache.stats();
+        cache.get_statement("SELECT 1", &[], &vschema).expect("still cached");
+        cache.get_statement("SELECT 2", &[], &vschema).expect("was evicted");
+        let after = cache.stats();
+        assert_eq!((after.hits - before.hits, after.misses - before.misses), (1, 1));
+        assert_eq!(after.entries, 2);
+    }
+
+    /// Goal: concurrent sessions see consistent plans and every lookup is counted once.
+    #[test]
+    fn concurrent_lookups_are_consistent() {
+        let cache = Arc::new(PlanCache::new(128));
+        let vschema = Arc::new(vschema());
+        let threads: Vec<_> = (0..4)
+            .map(|thread| {
+                let cache = cache.clone();
+                let vschema = vschema.clone();
+                std::thread::spawn(move || {
+                    for round in 0..500 {
+                        let key = (round + thread) % 20;
+                        let plan = cache
+                            .get_statement(&format!("SELECT * FROM t WHERE tenant_id = {key}"), &[], &vschema)
+                            .expect("plans");
+                        assert!(plan.sql.ends_with(&format!("= {key}")));
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("no panic");
+        }
+        let stats = cache.stats();
+        assert_eq!(stats.hits + stats.misses, 2000);
+        assert_eq!(stats.entries, 20);
+    }
+}

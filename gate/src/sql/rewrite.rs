@@ -57,3 +57,81 @@ pub fn rewrite_insert(plan: &StatementPlan, rows: &[usize]) -> Result<(String, V
     });
     Ok((statement.to_string(), param_map))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sql::plan::{KeyValue, Target, plan_statement};
+    use crate::sql::vschema::{HashFamily, TableInfo, TableKind, VSchema};
+
+    fn vschema() -> VSchema {
+        let mut vschema = VSchema::new("app", "tenant_id");
+        vschema.tables.insert(
+            "customers".to_string(),
+            TableInfo {
+                kind: TableKind::Sharded {
+                    column: "tenant_id".to_string(),
+                    family: HashFamily::Int,
+                },
+                columns: vec!["tenant_id".to_string(), "id".to_string(), "name".to_string()],
+            },
+        );
+        vschema
+    }
+
+    /// Goal: the rewritten INSERT holds only the chosen rows, with parameters renumbered from $1,
+    /// and re-plans to exactly those rows' keys (parameters outside VALUES are kept).
+    #[test]
+    fn rewrite_keeps_chosen_rows_and_renumbers_parameters() {
+        let plan = plan_statement(
+            "INSERT INTO customers (tenant_id, id, name) VALUES ($1, $2, 'a'), (5, $3, $4), ($5, 1, $4) \
+             ON CONFLICT (tenant_id, id) DO UPDATE SET name = $6 RETURNING id",
+            &vschema(),
+        )
+        .expect("plans");
+        let (sql, param_map) = rewrite_insert(&plan, &[2, 1]).expect("rewrites");
+        // Rows 2 then 1: $5 -> $1, $4 -> $2, $3 -> $3, then ON CONFLICT's $6 -> $4.
+        assert_eq!(param_map, vec![4, 3, 2, 5]);
+        let rewritten = plan_statement(&sql, &vschema()).expect("rewritten SQL plans");
+        assert_eq!(
+            rewritten.target,
+            Target::InsertRows {
+                family: HashFamily::Int,
+                rows: vec![KeyValue::Param(0), KeyValue::Int(5)],
+            }
+        );
+        assert_eq!(rewritten.param_count, 4);
+        assert!(sql.contains("ON CONFLICT"), "{sql}");
+        assert!(sql.contains("RETURNING id"), "{sql}");
+    }
+
+    /// Goal: a single row without parameters rewrites to that row only, with no parameters.
+    #[test]
+    fn rewrite_of_literal_row_has_no_parameters() {
+        let plan = plan_statement(
+            "INSERT INTO customers VALUES (1, 1, 'a'), (2, 2, 'b')",
+            &vschema(),
+        )
+        .expect("plans");
+        let (sql, param_map) = rewrite_insert(&plan, &[1]).expect("rewrites");
+        assert!(param_map.is_empty());
+        let rewritten = plan_statement(&sql, &vschema()).expect("plans");
+        assert_eq!(
+            rewritten.target,
+            Target::InsertRows {
+                family: HashFamily::Int,
+                rows: vec![KeyValue::Int(2)],
+            }
+        );
+    }
+
+    /// Goal: rewriting something that is not a VALUES insert, or unknown rows, is an error.
+    #[test]
+    fn rewrite_rejects_bad_input() {
+        let select = plan_statement("SELECT 1", &vschema()).expect("plans");
+        assert!(rewrite_insert(&select, &[0]).is_err());
+        let insert = plan_statement("INSERT INTO customers VALUES (1, 1, 'a')", &vschema()).expect("plans");
+        assert!(rewrite_insert(&insert, &[1]).is_err());
+        assert!(rewrite_insert(&insert, &[]).is_err());
+    }
+}
