@@ -76,6 +76,8 @@ pub struct UpOptions {
     pub base_port: Option<u16>,
     pub pg_bin_dir: PathBuf,
     pub pg_settings: BTreeMap<String, String>,
+    /// Gate settings; `listen` and `gate_id` are set by the cluster.
+    pub gate: GateConfig,
 }
 
 impl UpOptions {
@@ -92,6 +94,7 @@ impl UpOptions {
             base_port: None,
             pg_bin_dir: PathBuf::from(DEFAULT_BIN_DIR),
             pg_settings: BTreeMap::new(),
+            gate: GateConfig::default(),
         }
     }
 }
@@ -253,7 +256,7 @@ impl LocalCluster {
         let gate_config = GateConfig {
             listen: gate_address,
             gate_id: "up".into(),
-            ..GateConfig::default()
+            ..options.gate.clone()
         };
         let gate_topology = topology.clone();
         let shutdown = wait_stop();
@@ -365,6 +368,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         base_port: args.base_port,
         pg_bin_dir: args.pg_bin_dir,
         pg_settings,
+        gate: GateConfig::default(),
     };
     let cluster = LocalCluster::start(options).await?;
     println!("ready: {}", cluster.url());

@@ -18,7 +18,7 @@ use tessera_wire::{SqlError, Statement};
 
 use super::{ClientStatement, Session};
 use crate::sql::merge::{self, FieldDesc};
-use crate::sql::plan::{StatementKind, StatementPlan};
+use crate::sql::plan::{StatementKind, StatementPlan, Target};
 use crate::sql::route::Route;
 use crate::sql::shardmap::ShardIndex;
 
@@ -76,13 +76,16 @@ fn tag_rows(tag: &[u8]) -> u64 {
     message::command_tag_rows(tag).unwrap_or(0)
 }
 
-fn combined_tag(kind: &StatementKind, collected: &[Collected], rows: usize) -> String {
+/// The command tag for the client. `replicated`: every shard ran the same write on its copy of
+/// a reference table, so one shard's count is the answer, not the sum.
+fn combined_tag(kind: &StatementKind, collected: &[Collected], rows: usize, replicated: bool) -> String {
     let sum = || -> u64 {
-        collected
-            .iter()
-            .filter_map(|c| c.tags.last())
-            .map(|t| tag_rows(t))
-            .sum()
+        let counts = collected.iter().filter_map(|c| c.tags.last()).map(|t| tag_rows(t));
+        if replicated {
+            counts.max().unwrap_or(0)
+        } else {
+            counts.sum()
+        }
     };
     match kind {
         StatementKind::Select => format!("SELECT {rows}"),
@@ -249,7 +252,7 @@ impl Session {
             }
             _ => collected.iter().flat_map(|c| c.rows.iter().cloned()).collect(),
         };
-        let tag = combined_tag(&plan.kind, &collected, rows.len());
+        let tag = combined_tag(&plan.kind, &collected, rows.len(), plan.target == Target::AllShards);
         Ok(Buffered {
             row_description,
             rows: rows.into(),
