@@ -1460,7 +1460,13 @@ impl<'v> Analyzer<'v> {
             }
             return self.reference_write(
                 &key,
-                &|| insert.source.as_ref().and_then(first_volatile_call),
+                &|| {
+                    insert
+                        .source
+                        .as_ref()
+                        .and_then(first_volatile_call)
+                        .or_else(|| insert.on.as_ref().and_then(first_volatile_call))
+                },
                 StatementKind::Insert,
             );
         };

@@ -3,7 +3,7 @@
 //! resolved per execution by the pure [`super::route::route`].
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use sqlparser::ast::{
     AlterColumnOperation, AlterTableOperation, CreateTable, DataType, Expr, ObjectName,
@@ -210,6 +210,14 @@ fn multiple_commands_error() -> PlanError {
     )
 }
 
+/// The statement kept as `ast` of an empty query: a query that returns nothing, so code that
+/// inspects the AST sees a harmless SELECT.
+static EMPTY_STATEMENT: LazyLock<Arc<Statement>> = LazyLock::new(|| {
+    let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, "SELECT 1 WHERE false")
+        .expect("a constant statement parses");
+    Arc::new(statements.remove(0))
+});
+
 fn empty_plan() -> StatementPlan {
     StatementPlan {
         sql: Arc::from(""),
@@ -219,14 +227,7 @@ fn empty_plan() -> StatementPlan {
         shard_sql: None,
         effect: None,
         param_count: 0,
-        ast: Arc::new(Statement::Flush {
-            object_type: sqlparser::ast::FlushType::Tables,
-            location: None,
-            channel: None,
-            read_lock: false,
-            export: false,
-            tables: Vec::new(),
-        }),
+        ast: EMPTY_STATEMENT.clone(),
         set_local: false,
         multi_shard_error: None,
     }
@@ -852,5 +853,68 @@ pub(crate) fn is_string_literal(expr: &Expr, text: &str) -> bool {
         },
         Expr::Cast { expr, .. } | Expr::Nested(expr) => is_string_literal(expr, text),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: a query string splits at top-level semicolons only, keeping each statement's text.
+    #[test]
+    fn query_string_splits_into_statement_texts() {
+        let vschema = VSchema::new("app", "tenant_id");
+        let plans = plan_query(
+            "SELECT ';' AS a; SELECT $x$ ; $x$ ;\n-- comment; with semicolon\nSELECT \"a;b\" FROM (SELECT 1 AS \"a;b\") s;;  ",
+            &vschema,
+        )
+        .expect("plans");
+        let texts: Vec<&str> = plans.iter().map(|plan| &*plan.sql).collect();
+        assert_eq!(
+            texts,
+            vec![
+                "SELECT ';' AS a",
+                "SELECT $x$ ; $x$",
+                "-- comment; with semicolon\nSELECT \"a;b\" FROM (SELECT 1 AS \"a;b\") s",
+            ]
+        );
+    }
+
+    /// Goal: empty and comment-only strings give no plans (simple) or one empty plan (extended).
+    #[test]
+    fn empty_strings_plan_to_nothing() {
+        let vschema = VSchema::new("app", "tenant_id");
+        for text in ["", "  ;  ; ", "-- nothing\n", "/* nothing */"] {
+            assert!(plan_query(text, &vschema).expect("plans").is_empty(), "{text:?}");
+            let plan = plan_statement(text, &vschema).expect("plans");
+            assert_eq!((&*plan.sql, &plan.kind, &plan.target), ("", &StatementKind::Other, &Target::AnyShard));
+        }
+    }
+
+    /// Goal: SET LOCAL and SET TRANSACTION are marked transaction-local; plain SET is not.
+    #[test]
+    fn set_local_is_flagged() {
+        let vschema = VSchema::new("app", "tenant_id");
+        let local = |sql: &str| plan_statement(sql, &vschema).expect("plans").set_local;
+        assert!(local("SET LOCAL statement_timeout = 5"));
+        assert!(local("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"));
+        assert!(!local("SET statement_timeout = 5"));
+        assert!(!local("SET SESSION statement_timeout = 5"));
+    }
+
+    /// Goal: text the parser cannot read is refused if it could touch synchronous_commit.
+    #[test]
+    fn unparsed_text_mentioning_synchronous_commit_is_refused() {
+        assert!(check_unparsed("ALTER SYSTEM SET Synchronous_Commit = off").is_err());
+        assert!(check_unparsed("ALTER DATABASE app SET synchronous_commit TO local").is_err());
+        assert!(check_unparsed("VACUUM (ANALYZE) customers").is_ok());
+    }
+
+    /// Goal: the parameter count is the highest $n used.
+    #[test]
+    fn param_count_is_highest_placeholder() {
+        let vschema = VSchema::new("app", "tenant_id");
+        let plan = plan_statement("SELECT $3::int, $1::text", &vschema).expect("plans");
+        assert_eq!(plan.param_count, 3);
     }
 }
