@@ -577,29 +577,22 @@ mod tests {
     /// Goal: predicates have the documented shape for ranges on each side of 2^63.
     #[test]
     fn sql_predicate_shapes() {
-        assert_eq!(KeyRange::FULL.to_sql_predicate("h"), "true");
-        assert_eq!(range("-80").to_sql_predicate("h"), "(h >= 0)");
-        assert_eq!(range("80-").to_sql_predicate("h"), "(h < 0)");
-        assert_eq!(
-            range("40-80").to_sql_predicate("h"),
-            "(h >= 4611686018427387904)"
-        );
-        assert_eq!(
-            range("-40").to_sql_predicate("h"),
-            "(h >= 0 AND h < 4611686018427387904)"
-        );
-        assert_eq!(
-            range("c0-").to_sql_predicate("h"),
-            "(h >= -4611686018427387904 AND h < 0)"
-        );
-        assert_eq!(
-            range("80-c0").to_sql_predicate("h"),
-            "(h < -4611686018427387904)"
-        );
-        assert_eq!(
-            range("40-c0").to_sql_predicate("h"),
-            "(h >= 4611686018427387904 OR h < -4611686018427387904)"
-        );
+        let cases = [
+            ("-", "true"),
+            ("-80", "(h >= 0)"),
+            ("80-", "(h < 0)"),
+            ("40-80", "(h >= 4611686018427387904)"),
+            ("-40", "(h >= 0 AND h < 4611686018427387904)"),
+            ("c0-", "(h >= -4611686018427387904 AND h < 0)"),
+            ("80-c0", "(h < -4611686018427387904)"),
+            (
+                "40-c0",
+                "(h >= 4611686018427387904 OR h < -4611686018427387904)",
+            ),
+        ];
+        for (name, expected) in cases {
+            assert_eq!(range(name).to_sql_predicate("h"), expected, "range {name}");
+        }
     }
 
     /// Goal: deserialising goes through the name parser, so bad names are rejected there.

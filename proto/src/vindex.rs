@@ -358,7 +358,7 @@ mod tests {
     /// Goal: PostgreSQL type spellings map to the right family, others are rejected.
     #[test]
     fn for_sql_type_accepts_postgres_spellings() {
-        for name in [
+        let integer_names = [
             "smallint",
             "INT2",
             "integer",
@@ -368,29 +368,27 @@ mod tests {
             "int8",
             "serial",
             "BIGSERIAL",
-        ] {
-            assert_eq!(
-                HashFamily::for_sql_type(name),
-                Some(HashFamily::Int),
-                "{name}"
-            );
-        }
-        for name in [
+        ];
+        let text_names = [
             "text",
             "VARCHAR",
             "varchar(32)",
             "character varying (64)",
             "Character  Varying",
-        ] {
-            assert_eq!(
-                HashFamily::for_sql_type(name),
-                Some(HashFamily::Text),
-                "{name}"
-            );
-        }
-        assert_eq!(HashFamily::for_sql_type(" UUID "), Some(HashFamily::Uuid));
-        for name in ["numeric", "char(3)", "bytea", "", "int[]", "timestamp"] {
-            assert_eq!(HashFamily::for_sql_type(name), None, "{name}");
+        ];
+        let unsupported = ["numeric", "char(3)", "bytea", "", "int[]", "timestamp"];
+        let expectations = integer_names
+            .iter()
+            .map(|name| (*name, Some(HashFamily::Int)))
+            .chain(
+                text_names
+                    .iter()
+                    .map(|name| (*name, Some(HashFamily::Text))),
+            )
+            .chain([(" UUID ", Some(HashFamily::Uuid))])
+            .chain(unsupported.iter().map(|name| (*name, None)));
+        for (name, expected) in expectations {
+            assert_eq!(HashFamily::for_sql_type(name), expected, "{name:?}");
         }
     }
 

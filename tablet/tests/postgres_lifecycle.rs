@@ -67,6 +67,23 @@ fn wait_until_dead(pid: u32, limit: Duration) -> bool {
     !process_alive(pid)
 }
 
+/// Creates database `app` with table `items` holding ids 1..=count.
+async fn create_items(server: &PostgresServer, count: i32) {
+    server
+        .ensure_database("app")
+        .await
+        .expect("create database");
+    let client = server.connect("app").await.expect("connect");
+    client
+        .batch_execute("CREATE TABLE items (id int PRIMARY KEY)")
+        .await
+        .expect("create table");
+    client
+        .execute("INSERT INTO items SELECT generate_series(1, $1)", &[&count])
+        .await
+        .expect("insert");
+}
+
 async fn count_rows(server: &PostgresServer) -> i64 {
     let client = server.connect("app").await.expect("connect");
     client
@@ -125,14 +142,9 @@ async fn init_start_write_restart_stop_keeps_data() {
     assert_eq!(show(&server, "max_prepared_transactions").await, "100");
     assert_eq!(show(&server, "lc_collate").await, "C");
 
+    create_items(&server, 100).await;
+    // Idempotent: the database exists now.
     server.ensure_database("app").await.unwrap();
-    server.ensure_database("app").await.unwrap();
-    let client = server.connect("app").await.unwrap();
-    client
-        .batch_execute("CREATE TABLE items (id int PRIMARY KEY); INSERT INTO items SELECT generate_series(1, 100)")
-        .await
-        .unwrap();
-    drop(client);
 
     let second_pid = server.restart().await.unwrap();
     assert_ne!(first_pid, second_pid);
@@ -166,13 +178,7 @@ async fn adopts_data_dir_after_kill_9() {
     let server = PostgresServer::new(config.clone()).unwrap();
     server.init().await.unwrap();
     let pid = server.start().await.unwrap();
-    server.ensure_database("app").await.unwrap();
-    let client = server.connect("app").await.unwrap();
-    client
-        .batch_execute("CREATE TABLE items (id int PRIMARY KEY); INSERT INTO items SELECT generate_series(1, 42)")
-        .await
-        .unwrap();
-    drop(client);
+    create_items(&server, 42).await;
 
     let mut exits = server.exits();
     kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();

@@ -129,68 +129,49 @@ fn integers(generator: &mut StdRng, minimum: i64, maximum: i64) -> Vec<i64> {
     values
 }
 
+/// Compares `hash_int8` with PostgreSQL for one integer width: through the width's native hash
+/// function and through the `sql_hash_expr` the gate and row filters use.
+async fn check_integer_width<T>(client: &tokio_postgres::Client, width: &str, values: &[T])
+where
+    T: tokio_postgres::types::ToSql + Sync + Copy + Into<i64> + std::fmt::Debug,
+{
+    let rust: Vec<u64> = values
+        .iter()
+        .map(|value| vindex::hash_int8((*value).into()))
+        .collect();
+    let native_expression = format!("hash{width}extended(v, {})", HASH_SEED as i64);
+    let array_type = format!("{width}[]");
+    let native = postgres_hashes(client, &native_expression, &array_type, values).await;
+    assert_same(width, values, &rust, &native);
+    let generated_expression = vindex::sql_hash_expr(HashFamily::Int, "v");
+    let generated = postgres_hashes(client, &generated_expression, &array_type, values).await;
+    assert_same(
+        &format!("{width} via sql_hash_expr"),
+        values,
+        &rust,
+        &generated,
+    );
+}
+
 /// Goal: int2, int4 and int8 keyspace IDs equal PostgreSQL's own functions for every width,
 /// both through the width's native hash function and through the `sql_hash_expr` the gate and
 /// row filters use (so all widths hash alike, as ARCHITECTURE requires).
 #[tokio::test]
 async fn integer_hashes_match_postgres() {
     let postgres = Postgres::start().await;
-    let client = &postgres.client;
     let mut generator = random_generator();
-    let seed = HASH_SEED as i64;
-    let through_gate_expression = vindex::sql_hash_expr(HashFamily::Int, "v");
-
     let int8 = integers(&mut generator, i64::MIN, i64::MAX);
-    let rust: Vec<u64> = int8.iter().map(|value| vindex::hash_int8(*value)).collect();
-    let native = postgres_hashes(
-        client,
-        &format!("hashint8extended(v, {seed})"),
-        "int8[]",
-        &int8,
-    )
-    .await;
-    assert_same("int8", &int8, &rust, &native);
-    let generated = postgres_hashes(client, &through_gate_expression, "int8[]", &int8).await;
-    assert_same("int8 via sql_hash_expr", &int8, &rust, &generated);
-
+    check_integer_width(&postgres.client, "int8", &int8).await;
     let int4: Vec<i32> = integers(&mut generator, i32::MIN.into(), i32::MAX.into())
         .into_iter()
         .map(|value| value as i32)
         .collect();
-    let rust: Vec<u64> = int4
-        .iter()
-        .map(|value| vindex::hash_int8((*value).into()))
-        .collect();
-    let native = postgres_hashes(
-        client,
-        &format!("hashint4extended(v, {seed})"),
-        "int4[]",
-        &int4,
-    )
-    .await;
-    assert_same("int4", &int4, &rust, &native);
-    let generated = postgres_hashes(client, &through_gate_expression, "int4[]", &int4).await;
-    assert_same("int4 via sql_hash_expr", &int4, &rust, &generated);
-
+    check_integer_width(&postgres.client, "int4", &int4).await;
     let int2: Vec<i16> = integers(&mut generator, i16::MIN.into(), i16::MAX.into())
         .into_iter()
         .map(|value| value as i16)
         .collect();
-    let rust: Vec<u64> = int2
-        .iter()
-        .map(|value| vindex::hash_int8((*value).into()))
-        .collect();
-    let native = postgres_hashes(
-        client,
-        &format!("hashint2extended(v, {seed})"),
-        "int2[]",
-        &int2,
-    )
-    .await;
-    assert_same("int2", &int2, &rust, &native);
-    let generated = postgres_hashes(client, &through_gate_expression, "int2[]", &int2).await;
-    assert_same("int2 via sql_hash_expr", &int2, &rust, &generated);
-
+    check_integer_width(&postgres.client, "int2", &int2).await;
     postgres.finish().await;
 }
 
