@@ -395,21 +395,30 @@ mod tests {
     /// Goal: the SQL expression names the right function, casts, and the signed seed.
     #[test]
     fn sql_hash_expr_formats_function_cast_and_seed() {
-        assert_eq!(
-            sql_hash_expr(HashFamily::Int, "tenant_id"),
-            "hashint8extended(tenant_id::int8, 8816678312871386365)"
-        );
-        assert_eq!(
-            sql_hash_expr(HashFamily::Text, "c.\"Name\""),
-            "hashtextextended(c.\"Name\"::text, 8816678312871386365)"
-        );
-        assert_eq!(
-            sql_hash_expr(HashFamily::Uuid, "$1"),
-            "uuid_hash_extended($1::uuid, 8816678312871386365)"
-        );
-        assert_eq!(
-            sql_hash_expr(HashFamily::Int, "a + b"),
-            "hashint8extended((a + b)::int8, 8816678312871386365)"
-        );
+        let cases = [
+            (
+                HashFamily::Int,
+                "tenant_id",
+                "hashint8extended(tenant_id::int8, 8816678312871386365)",
+            ),
+            (
+                HashFamily::Text,
+                "c.\"Name\"",
+                "hashtextextended(c.\"Name\"::text, 8816678312871386365)",
+            ),
+            (
+                HashFamily::Uuid,
+                "$1",
+                "uuid_hash_extended($1::uuid, 8816678312871386365)",
+            ),
+            (
+                HashFamily::Int,
+                "a + b",
+                "hashint8extended((a + b)::int8, 8816678312871386365)",
+            ),
+        ];
+        for (family, column, expected) in cases {
+            assert_eq!(sql_hash_expr(family, column), expected);
+        }
     }
 }

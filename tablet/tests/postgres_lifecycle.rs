@@ -67,6 +67,14 @@ fn wait_until_dead(pid: u32, limit: Duration) -> bool {
     !process_alive(pid)
 }
 
+/// A new handle on `config`, initialised and started; returns it with the postmaster's pid.
+async fn started(config: PostgresConfig) -> (PostgresServer, u32) {
+    let server = PostgresServer::new(config).expect("new");
+    server.init().await.expect("init");
+    let pid = server.start().await.expect("start");
+    (server, pid)
+}
+
 /// Creates database `app` with table `items` holding ids 1..=count.
 async fn create_items(server: &PostgresServer, count: i32) {
     server
@@ -175,9 +183,7 @@ async fn init_start_write_restart_stop_keeps_data() {
 async fn adopts_data_dir_after_kill_9() {
     let directory = test_dir();
     let config = test_config(directory.path(), free_port());
-    let server = PostgresServer::new(config.clone()).unwrap();
-    server.init().await.unwrap();
-    let pid = server.start().await.unwrap();
+    let (server, pid) = started(config.clone()).await;
     create_items(&server, 42).await;
 
     let mut exits = server.exits();
@@ -214,9 +220,7 @@ async fn adopts_data_dir_after_kill_9() {
 async fn refuses_data_dir_owned_by_live_server() {
     let directory = test_dir();
     let config = test_config(directory.path(), free_port());
-    let owner = PostgresServer::new(config.clone()).unwrap();
-    owner.init().await.unwrap();
-    let owner_pid = owner.start().await.unwrap();
+    let (owner, owner_pid) = started(config.clone()).await;
 
     let mut intruder_config = config;
     intruder_config.port = free_port();
@@ -407,9 +411,7 @@ async fn settings_reload_and_operator_edits_survive() {
 #[tokio::test]
 async fn dropping_a_running_server_stops_it() {
     let directory = test_dir();
-    let server = PostgresServer::new(test_config(directory.path(), free_port())).unwrap();
-    server.init().await.unwrap();
-    let pid = server.start().await.unwrap();
+    let (server, pid) = started(test_config(directory.path(), free_port())).await;
     drop(server);
     assert!(
         wait_until_dead(pid, Duration::from_secs(15)),
