@@ -1,6 +1,9 @@
-//! The `tessera` command: `up` runs a local cluster; admin verbs inspect and change a running
-//! one. Each command is a module with its own arguments and a `run` function.
+//! The `tessera` command: `up` runs a local cluster; `gate`, `tablet` and `coordinator` run one
+//! component each as its own process; admin verbs inspect and change a running cluster. Each
+//! command is a module with its own arguments and a `run` function.
 
+pub mod admin;
+pub mod components;
 pub mod layout;
 pub mod status;
 pub mod telemetry;
@@ -11,7 +14,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "tessera", version, about = "Sharded, highly available PostgreSQL")]
+#[command(
+    name = "tessera",
+    version,
+    about = "Sharded, highly available PostgreSQL"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub telemetry: telemetry::TelemetryArgs,
@@ -25,6 +32,17 @@ pub enum Command {
     Up(up::UpArgs),
     /// Show keyspaces, shards, tablets and policies of a running cluster.
     Status(status::StatusArgs),
+    /// Run one gate (PostgreSQL clients connect here) as its own process.
+    Gate(components::gate::GateArgs),
+    /// Run one tablet (a PostgreSQL server with its pooler) as its own process; `tablet list`
+    /// lists registered tablets.
+    Tablet(components::tablet::TabletCommandArgs),
+    /// Run the coordinator (failover agent) of one zone as its own process.
+    Coordinator(components::coordinator::CoordinatorArgs),
+    /// Create and list keyspaces.
+    Keyspace(admin::keyspace::KeyspaceArgs),
+    /// List the shards of a keyspace.
+    Shard(admin::shard::ShardArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -36,7 +54,10 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
@@ -47,6 +68,11 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Up(args) => up::run(args).await,
             Command::Status(args) => status::run(args).await,
+            Command::Gate(args) => components::gate::run(args).await,
+            Command::Tablet(args) => components::tablet::command(args).await,
+            Command::Coordinator(args) => components::coordinator::run(args).await,
+            Command::Keyspace(args) => admin::keyspace::run(args).await,
+            Command::Shard(args) => admin::shard::run(args).await,
         }
     });
     // Background tasks (status streams, watches) must not delay the exit.
@@ -54,7 +80,13 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            // One line, whatever the causes' messages contain: scripts and log scrapers read
+            // the first line of stderr.
+            let message = format!("{error:#}");
+            eprintln!(
+                "error: {}",
+                message.split_whitespace().collect::<Vec<_>>().join(" ")
+            );
             ExitCode::FAILURE
         }
     }

@@ -1,0 +1,100 @@
+//! `tessera coordinator`: the failover agent of one zone as its own process.
+//!
+//! Failover itself arrives with consensus (issue 4); today the process validates its
+//! configuration, connects to the topology, logs that failover is not implemented, and runs
+//! until SIGINT/SIGTERM (see `tessera_coordinator::run`).
+
+use std::net::SocketAddr;
+
+use clap::Args;
+use serde::{Deserialize, Serialize};
+use tessera_coordinator::CoordinatorConfig;
+
+use super::config::{ComponentConfig, ConfigArgs, ConfigError, validate_topology_url};
+use super::gate::DEFAULT_TOPOLOGY_URL;
+use super::{ShutdownSignal, announce_ready, connect_topology, serve_metrics};
+
+/// Everything `tessera coordinator` needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorProcessConfig {
+    /// Topology URL: etcd://host:port[,host:port...][/prefix], or grpc://host:port for the
+    /// embedded store of a running `tessera up`.
+    pub topo: String,
+    /// Address of the Prometheus endpoint (`/metrics`); absent = no endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// The coordinator itself.
+    pub coordinator: CoordinatorConfig,
+}
+
+impl ComponentConfig for CoordinatorProcessConfig {
+    const COMPONENT: &'static str = "coordinator";
+
+    fn defaults() -> Result<Self, ConfigError> {
+        Ok(CoordinatorProcessConfig {
+            topo: DEFAULT_TOPOLOGY_URL.to_string(),
+            metrics_listen: None,
+            coordinator: CoordinatorConfig::default(),
+        })
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        validate_topology_url(Self::COMPONENT, &self.topo)?;
+        self.coordinator.validate().map_err(|error| {
+            ConfigError::invalid(
+                Self::COMPONENT,
+                format!("coordinator.{}", error.field),
+                error.reason,
+            )
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct CoordinatorArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Topology URL (`topo`).
+    #[arg(long, env = "TESSERA_TOPO")]
+    pub topo: Option<String>,
+    /// Prometheus endpoint address (`metrics_listen`).
+    #[arg(long, env = "TESSERA_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Zone this coordinator looks after (`coordinator.zone`).
+    #[arg(long, env = "TESSERA_ZONE")]
+    pub zone: Option<String>,
+}
+
+impl CoordinatorArgs {
+    fn apply(&self, config: &mut CoordinatorProcessConfig) {
+        if let Some(topo) = &self.topo {
+            config.topo = topo.clone();
+        }
+        if self.metrics_listen.is_some() {
+            config.metrics_listen = self.metrics_listen;
+        }
+        if let Some(zone) = &self.zone {
+            config.coordinator.zone = zone.clone();
+        }
+    }
+}
+
+pub async fn run(args: CoordinatorArgs) -> anyhow::Result<()> {
+    let shutdown = ShutdownSignal::install()?;
+    let Some(config) = args.config.resolve(|config| args.apply(config))? else {
+        return Ok(());
+    };
+    serve_metrics(config.metrics_listen)?;
+    let topology = connect_topology(&config.topo).await?;
+    let zone = config.coordinator.zone.clone();
+    // `run` polls its shutdown future once its start-up reads succeeded.
+    tessera_coordinator::run(config.coordinator, topology, async {
+        announce_ready(format_args!(
+            "coordinator of zone {zone} (failover not implemented yet)"
+        ));
+        shutdown.received().await
+    })
+    .await
+    .map_err(|error| anyhow::anyhow!("coordinator of zone {zone}: {error}"))
+}
