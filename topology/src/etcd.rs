@@ -142,7 +142,7 @@ impl EtcdTopo {
                 ))
             })?
             .map_err(|error| unavailable(error.to_string()))?;
-        tracing::info!(%description, "connected to etcd");
+        tracing::debug!(%description, "connected to etcd");
         Ok(store)
     }
 
