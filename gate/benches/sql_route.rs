@@ -63,7 +63,9 @@ fn bench(criterion: &mut Criterion) {
         bencher.iter(|| plan_statement(black_box(SCATTER_COUNT), &vschema).expect("plans"))
     });
     let cache = PlanCache::new(1024);
-    cache.get_statement(POINT_SELECT, &[20], &vschema).expect("warm");
+    cache
+        .get_statement(POINT_SELECT, &[20], &vschema)
+        .expect("warm");
     group.bench_function("hit: cache lookup + route (point select)", |bencher| {
         bencher.iter(|| {
             let plan = cache
@@ -72,7 +74,9 @@ fn bench(criterion: &mut Criterion) {
             route(&plan, &params, &shards).expect("routes")
         })
     });
-    let plan = cache.get_statement(POINT_SELECT, &[20], &vschema).expect("hit");
+    let plan = cache
+        .get_statement(POINT_SELECT, &[20], &vschema)
+        .expect("hit");
     group.bench_function("route only (point select, binary int8)", |bencher| {
         bencher.iter(|| route(black_box(&plan), &params, &shards).expect("routes"))
     });

@@ -51,7 +51,11 @@ fn vschema() -> VSchema {
                 column: "tenant_id".to_string(),
                 family: HashFamily::Int,
             },
-            columns: vec!["tenant_id".to_string(), "id".to_string(), "name".to_string()],
+            columns: vec![
+                "tenant_id".to_string(),
+                "id".to_string(),
+                "name".to_string(),
+            ],
         },
     );
     vschema
@@ -74,8 +78,14 @@ fn cache_hit_and_route_do_not_allocate() {
     let shards = shards();
     let statements: [(&str, &[u32]); 3] = [
         ("SELECT id, name FROM customers WHERE tenant_id = $1", &[20]),
-        ("INSERT INTO customers (tenant_id, id, name) VALUES ($1, $2, $3)", &[20, 20, 25]),
-        ("UPDATE customers SET name = $3 WHERE tenant_id = $1 AND id = $2", &[20, 20, 25]),
+        (
+            "INSERT INTO customers (tenant_id, id, name) VALUES ($1, $2, $3)",
+            &[20, 20, 25],
+        ),
+        (
+            "UPDATE customers SET name = $3 WHERE tenant_id = $1 AND id = $2",
+            &[20, 20, 25],
+        ),
     ];
     let key = 42i64.to_be_bytes();
     let id = 7i64.to_be_bytes();
@@ -103,8 +113,15 @@ fn cache_hit_and_route_do_not_allocate() {
         let allocated = allocations() - before;
         let after_stats = cache.stats();
         assert_eq!(allocated, 0, "{sql}: {allocated} allocations in 1000 hits");
-        assert_eq!(after_stats.hits - before_stats.hits, 1000, "{sql}: every lookup was a hit");
-        assert_eq!(after_stats.misses, before_stats.misses, "{sql}: nothing was re-planned");
+        assert_eq!(
+            after_stats.hits - before_stats.hits,
+            1000,
+            "{sql}: every lookup was a hit"
+        );
+        assert_eq!(
+            after_stats.misses, before_stats.misses,
+            "{sql}: nothing was re-planned"
+        );
     }
 }
 
@@ -121,7 +138,10 @@ fn simple_query_hit_does_not_allocate() {
     let before = allocations();
     for _ in 0..1000 {
         let plans = cache.get_query(sql, &vschema).expect("hit");
-        assert_eq!(route(&plans[0], &Params::NONE, &shards).expect("routes"), expected);
+        assert_eq!(
+            route(&plans[0], &Params::NONE, &shards).expect("routes"),
+            expected
+        );
     }
     assert_eq!(allocations() - before, 0);
 }

@@ -367,12 +367,18 @@ fn is_catalog(name: &ObjectName, vschema: &VSchema) -> bool {
     };
     match schema {
         Some(schema) => schema == "pg_catalog" || schema == "information_schema",
-        None => parts.len() == 1 && parts[0].starts_with("pg_") && vschema.table(&parts[0]).is_none(),
+        None => {
+            parts.len() == 1 && parts[0].starts_with("pg_") && vschema.table(&parts[0]).is_none()
+        }
     }
 }
 
 fn unknown_table_error(key: &str, vschema: &VSchema) -> PlanError {
-    PlanError::new(UNDEFINED_TABLE, format!("relation \"{key}\" does not exist")).with_hint(format!(
+    PlanError::new(
+        UNDEFINED_TABLE,
+        format!("relation \"{key}\" does not exist"),
+    )
+    .with_hint(format!(
         "the gate routes only tables of keyspace {} created through it (CREATE TABLE); \
          tables created directly on a shard are not visible",
         vschema.keyspace
@@ -551,7 +557,7 @@ impl<'v> Analyzer<'v> {
     }
 
     /// One FROM item with its joins; returns the sharded instances it contains (this block only).
-    fn from_item(
+    fn walk_from_item(
         &mut self,
         item: &TableWithJoins,
         scope: usize,
@@ -582,17 +588,17 @@ impl<'v> Analyzer<'v> {
                         ));
                     }
                 };
-            if context == Context::Outer {
-                let describe = |side: &[usize]| side.is_empty();
-                if (preserves_left && describe(&left) && !right.is_empty())
-                    || (preserves_right && describe(&right) && !left.is_empty())
-                {
-                    self.scatter_blockers.push(
-                        "an outer join keeps rows of a table that is not sharded while joining a \
-                         sharded table; run on several shards it would return those rows once per shard"
-                            .to_string(),
-                    );
-                }
+            // Rows kept by an outer join without a sharded partner would come back once per
+            // shard if the statement ran on several shards.
+            if context == Context::Outer
+                && ((preserves_left && left.is_empty() && !right.is_empty())
+                    || (preserves_right && right.is_empty() && !left.is_empty()))
+            {
+                self.scatter_blockers.push(
+                    "an outer join keeps rows of a table that is not sharded while joining a \
+                     sharded table; run on several shards it would return those rows once per shard"
+                        .to_string(),
+                );
             }
             let mut filtered = Vec::new();
             if filters_left {
@@ -652,7 +658,8 @@ impl<'v> Analyzer<'v> {
                     self.add_opaque(scope, alias.as_ref());
                     return Ok(Vec::new());
                 }
-                let instance = self.add_table(name, alias.as_ref().map(|a| &a.name), scope, context)?;
+                let instance =
+                    self.add_table(name, alias.as_ref().map(|a| &a.name), scope, context)?;
                 Ok(instance.into_iter().collect())
             }
             TableFactor::Derived {
@@ -679,7 +686,7 @@ impl<'v> Analyzer<'v> {
             }
             TableFactor::NestedJoin {
                 table_with_joins, ..
-            } => self.from_item(table_with_joins, scope, context),
+            } => self.walk_from_item(table_with_joins, scope, context),
             _ => Err(PlanError::unsupported(
                 "this kind of FROM item is not supported by the gate",
             )),
@@ -952,7 +959,10 @@ impl<'v> Analyzer<'v> {
             for cte in &with.cte_tables {
                 if matches!(
                     cte.query.body.as_ref(),
-                    SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_)
+                    SetExpr::Insert(_)
+                        | SetExpr::Update(_)
+                        | SetExpr::Delete(_)
+                        | SetExpr::Merge(_)
                 ) {
                     return Err(data_modifying_with_error());
                 }
@@ -1046,7 +1056,7 @@ impl<'v> Analyzer<'v> {
         let scope = self.new_scope(parent);
         let mut block = Vec::new();
         for item in &select.from {
-            block.extend(self.from_item(item, scope, context)?);
+            block.extend(self.walk_from_item(item, scope, context)?);
         }
         if let Some(selection) = &select.selection {
             self.apply_conjuncts(selection, scope, &block)?;
@@ -1104,7 +1114,11 @@ impl<'v> Analyzer<'v> {
     pub(crate) fn combined_keys(&self) -> Option<(HashFamily, KeySet)> {
         let keys = self.restricted_keys();
         let family = self.instances.first()?.family;
-        if self.instances.iter().any(|instance| instance.family != family) {
+        if self
+            .instances
+            .iter()
+            .any(|instance| instance.family != family)
+        {
             return None;
         }
         let mut combined: Option<KeySet> = None;
@@ -1305,10 +1319,12 @@ impl<'v> Analyzer<'v> {
 
     fn analyze_update(&mut self, update: &Update) -> Result<Analysis, PlanError> {
         if !update.order_by.is_empty() || update.limit.is_some() || update.or.is_some() {
-            return Err(PlanError::unsupported("this UPDATE syntax is not PostgreSQL's"));
+            return Err(PlanError::unsupported(
+                "this UPDATE syntax is not PostgreSQL's",
+            ));
         }
         let scope = self.new_scope(None);
-        let mut block = self.from_item(&update.table, scope, Context::Outer)?;
+        let mut block = self.walk_from_item(&update.table, scope, Context::Outer)?;
         let target = self.scopes[scope].relations.first().cloned();
         let froms = match &update.from {
             Some(UpdateTableFromKind::AfterSet(items) | UpdateTableFromKind::BeforeSet(items)) => {
@@ -1317,7 +1333,7 @@ impl<'v> Analyzer<'v> {
             None => &[],
         };
         for item in froms {
-            block.extend(self.from_item(item, scope, Context::Outer)?);
+            block.extend(self.walk_from_item(item, scope, Context::Outer)?);
         }
         let target = target.ok_or_else(|| PlanError::unsupported("UPDATE without a table"))?;
         let target_table = self.target_table_name(&update.table.relation);
@@ -1328,7 +1344,10 @@ impl<'v> Analyzer<'v> {
                     AssignmentTarget::ColumnName(name) => vec![name],
                     AssignmentTarget::Tuple(names) => names.iter().collect(),
                 };
-                if names.iter().any(|name| last_ident(name) == Some(column.clone())) {
+                if names
+                    .iter()
+                    .any(|name| last_ident(name) == Some(column.clone()))
+                {
                     return Err(sharding_column_change_error(&target_table, &column));
                 }
             }
@@ -1366,7 +1385,9 @@ impl<'v> Analyzer<'v> {
 
     fn analyze_delete(&mut self, delete: &Delete) -> Result<Analysis, PlanError> {
         if !delete.tables.is_empty() || !delete.order_by.is_empty() || delete.limit.is_some() {
-            return Err(PlanError::unsupported("this DELETE syntax is not PostgreSQL's"));
+            return Err(PlanError::unsupported(
+                "this DELETE syntax is not PostgreSQL's",
+            ));
         }
         let items = match &delete.from {
             FromTable::WithFromKeyword(items) | FromTable::WithoutKeyword(items) => items,
@@ -1375,14 +1396,14 @@ impl<'v> Analyzer<'v> {
             .split_first()
             .ok_or_else(|| PlanError::unsupported("DELETE without a table"))?;
         let scope = self.new_scope(None);
-        let mut block = self.from_item(first, scope, Context::Outer)?;
+        let mut block = self.walk_from_item(first, scope, Context::Outer)?;
         let target = self.scopes[scope]
             .relations
             .first()
             .cloned()
             .ok_or_else(|| PlanError::unsupported("DELETE without a table"))?;
         for item in rest.iter().chain(delete.using.iter().flatten()) {
-            block.extend(self.from_item(item, scope, Context::Outer)?);
+            block.extend(self.walk_from_item(item, scope, Context::Outer)?);
         }
         if let Some(selection) = &delete.selection {
             self.apply_conjuncts(selection, scope, &block)?;
@@ -1449,7 +1470,9 @@ impl<'v> Analyzer<'v> {
             }
             self.scan(on_conflict, target_scope, Context::Outer)?;
         } else if insert.on.is_some() {
-            return Err(PlanError::unsupported("this INSERT syntax is not PostgreSQL's"));
+            return Err(PlanError::unsupported(
+                "this INSERT syntax is not PostgreSQL's",
+            ));
         }
         if let Some(returning) = &insert.returning {
             self.scan(returning, target_scope, Context::Outer)?;
@@ -1509,7 +1532,9 @@ impl<'v> Analyzer<'v> {
                         "INSERT ... VALUES into sharded table {key} cannot read sharded table {}",
                         instance.table
                     ))
-                    .with_hint("read the value first, or use INSERT ... SELECT restricted to one key"));
+                    .with_hint(
+                        "read the value first, or use INSERT ... SELECT restricted to one key",
+                    ));
                 }
                 let mut rows = Vec::with_capacity(values.rows.len());
                 for (row_number, row) in values.rows.iter().enumerate() {
@@ -1609,11 +1634,9 @@ impl<'v> Analyzer<'v> {
         match self.combined_keys() {
             Some((key_family, keys)) if key_family == family => {
                 let single = matches!(&keys, KeySet::Values(values) if values.len() <= 1);
-                let mut analysis =
-                    Analysis::new(StatementKind::Insert, keys_target(family, keys));
+                let mut analysis = Analysis::new(StatementKind::Insert, keys_target(family, keys));
                 if !single {
-                    analysis.multi_shard_error =
-                        self.check_decomposable().and(shape.clone()).err();
+                    analysis.multi_shard_error = self.check_decomposable().and(shape.clone()).err();
                 }
                 Ok(analysis)
             }
@@ -1693,10 +1716,8 @@ fn sharding_column_change_error(table: &str, column: &str) -> PlanError {
 }
 
 fn catalog_write_error(table: &str) -> PlanError {
-    PlanError::unsupported(format!(
-        "cannot write to {table} through the gate"
-    ))
-    .with_detail("system catalogs and WITH queries are not writable tables")
+    PlanError::unsupported(format!("cannot write to {table} through the gate"))
+        .with_detail("system catalogs and WITH queries are not writable tables")
 }
 
 fn data_modifying_with_error() -> PlanError {

@@ -90,6 +90,10 @@ struct Part {
     map: HashMap<u64, Vec<Entry>, BuildHasherDefault<PassThroughHasher>>,
     /// Invariant: equals the total number of entries in `map`.
     entries: usize,
+    /// Counted per part (next to the part's lock word) rather than in one shared counter, so
+    /// concurrent hits on different parts do not contend on one cache line.
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 /// A bounded, concurrent plan cache.
@@ -100,9 +104,9 @@ pub struct PlanCache {
     hasher: RandomState,
     /// Invariant: every part holds at most this many entries.
     capacity_per_part: usize,
+    /// Advanced on every insert; a hit stamps its entry with the current value (a load, not a
+    /// read-modify-write), so eviction is least-recently-used at insert granularity.
     clock: AtomicU64,
-    hits: AtomicU64,
-    misses: AtomicU64,
     entries: AtomicUsize,
 }
 
@@ -110,14 +114,14 @@ impl PlanCache {
     /// A cache holding at most about `capacity` plans (0 disables caching).
     pub fn new(capacity: usize) -> Self {
         let part_count = PARTS.min(capacity.max(1));
-        let parts: Vec<RwLock<Part>> = (0..part_count).map(|_| RwLock::new(Part::default())).collect();
+        let parts: Vec<RwLock<Part>> = (0..part_count)
+            .map(|_| RwLock::new(Part::default()))
+            .collect();
         PlanCache {
             parts: parts.into_boxed_slice(),
             hasher: RandomState::new(),
             capacity_per_part: capacity.div_ceil(part_count),
             clock: AtomicU64::new(0),
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
             entries: AtomicUsize::new(0),
         }
     }
@@ -129,16 +133,28 @@ impl PlanCache {
         param_types: &[u32],
         vschema: &VSchema,
     ) -> Result<Arc<StatementPlan>, PlanError> {
-        if let Some(Cached::Statement(plan)) = self.lookup(Mode::Statement, sql, param_types, vschema) {
+        if let Some(Cached::Statement(plan)) =
+            self.lookup(Mode::Statement, sql, param_types, vschema)
+        {
             return Ok(plan);
         }
         let plan = plan_statement(sql, vschema)?;
-        self.insert(Mode::Statement, sql, param_types, vschema, Cached::Statement(plan.clone()));
+        self.insert(
+            Mode::Statement,
+            sql,
+            param_types,
+            vschema,
+            Cached::Statement(plan.clone()),
+        );
         Ok(plan)
     }
 
     /// The plans of a simple-protocol query string, from the cache when possible.
-    pub fn get_query(&self, sql: &str, vschema: &VSchema) -> Result<Arc<[Arc<StatementPlan>]>, PlanError> {
+    pub fn get_query(
+        &self,
+        sql: &str,
+        vschema: &VSchema,
+    ) -> Result<Arc<[Arc<StatementPlan>]>, PlanError> {
         if let Some(Cached::Query(plans)) = self.lookup(Mode::Query, sql, &[], vschema) {
             return Ok(plans);
         }
@@ -149,11 +165,16 @@ impl PlanCache {
 
     /// Hit, miss and size counters.
     pub fn stats(&self) -> CacheStats {
-        CacheStats {
-            hits: self.hits.load(Ordering::Relaxed),
-            misses: self.misses.load(Ordering::Relaxed),
+        let mut stats = CacheStats {
             entries: self.entries.load(Ordering::Relaxed),
+            ..CacheStats::default()
+        };
+        for part in self.parts.iter() {
+            let part = part.read();
+            stats.hits += part.hits.load(Ordering::Relaxed);
+            stats.misses += part.misses.load(Ordering::Relaxed);
         }
+        stats
     }
 
     fn key_hash(&self, mode: Mode, keyspace: &str, sql: &str, param_types: &[u32]) -> u64 {
@@ -165,7 +186,13 @@ impl PlanCache {
         &self.parts[((hash >> 48) as usize) % self.parts.len()]
     }
 
-    fn lookup(&self, mode: Mode, sql: &str, param_types: &[u32], vschema: &VSchema) -> Option<Cached> {
+    fn lookup(
+        &self,
+        mode: Mode,
+        sql: &str,
+        param_types: &[u32],
+        vschema: &VSchema,
+    ) -> Option<Cached> {
         let hash = self.key_hash(mode, &vschema.keyspace, sql, param_types);
         let part = self.part(hash).read();
         let found = part.map.get(&hash).and_then(|entries| {
@@ -175,13 +202,14 @@ impl PlanCache {
         });
         match found {
             Some(entry) if entry.version == vschema.version => {
-                let tick = self.clock.fetch_add(1, Ordering::Relaxed);
-                entry.last_used.store(tick, Ordering::Relaxed);
-                self.hits.fetch_add(1, Ordering::Relaxed);
+                entry
+                    .last_used
+                    .store(self.clock.load(Ordering::Relaxed), Ordering::Relaxed);
+                part.hits.fetch_add(1, Ordering::Relaxed);
                 Some(entry.value.clone())
             }
             _ => {
-                self.misses.fetch_add(1, Ordering::Relaxed);
+                part.misses.fetch_add(1, Ordering::Relaxed);
                 None
             }
         }
@@ -229,10 +257,9 @@ impl PlanCache {
             .map
             .iter()
             .flat_map(|(hash, entries)| {
-                entries
-                    .iter()
-                    .enumerate()
-                    .map(move |(index, entry)| (entry.last_used.load(Ordering::Relaxed), *hash, index))
+                entries.iter().enumerate().map(move |(index, entry)| {
+                    (entry.last_used.load(Ordering::Relaxed), *hash, index)
+                })
             })
             .min();
         if let Some((_, hash, index)) = oldest
@@ -283,10 +310,21 @@ mod tests {
     fn repeated_statement_is_a_hit() {
         let cache = PlanCache::new(64);
         let vschema = vschema();
-        let first = cache.get_statement("SELECT * FROM t WHERE tenant_id = $1", &[20], &vschema).expect("plans");
-        let second = cache.get_statement("SELECT * FROM t WHERE tenant_id = $1", &[20], &vschema).expect("plans");
+        let first = cache
+            .get_statement("SELECT * FROM t WHERE tenant_id = $1", &[20], &vschema)
+            .expect("plans");
+        let second = cache
+            .get_statement("SELECT * FROM t WHERE tenant_id = $1", &[20], &vschema)
+            .expect("plans");
         assert!(Arc::ptr_eq(&first, &second));
-        assert_eq!(cache.stats(), CacheStats { hits: 1, misses: 1, entries: 1 });
+        assert_eq!(
+            cache.stats(),
+            CacheStats {
+                hits: 1,
+                misses: 1,
+                entries: 1
+            }
+        );
     }
 
     /// Goal: parameter types, keyspace and protocol mode are part of the key.
@@ -299,10 +337,21 @@ mod tests {
         let sql = "SELECT * FROM t WHERE tenant_id = $1";
         cache.get_statement(sql, &[20], &vschema).expect("plans");
         cache.get_statement(sql, &[23], &vschema).expect("plans");
-        cache.get_statement(sql, &[20], &other_keyspace).expect("plans");
+        cache
+            .get_statement(sql, &[20], &other_keyspace)
+            .expect("plans");
         cache.get_query("SELECT 1", &vschema).expect("plans");
-        cache.get_statement("SELECT 1", &[], &vschema).expect("plans");
-        assert_eq!(cache.stats(), CacheStats { hits: 0, misses: 5, entries: 5 });
+        cache
+            .get_statement("SELECT 1", &[], &vschema)
+            .expect("plans");
+        assert_eq!(
+            cache.stats(),
+            CacheStats {
+                hits: 0,
+                misses: 5,
+                entries: 5
+            }
+        );
     }
 
     /// Goal: a plan made under an older vschema version is a miss and is replaced in place.
@@ -322,11 +371,17 @@ mod tests {
         });
         let plans = cache.get_query(sql, &vschema).expect("u exists now");
         assert_eq!(plans[0].target, Target::AnyShard);
-        let old = cache.get_statement("SELECT * FROM t", &[], &vschema).expect("plans");
+        let old = cache
+            .get_statement("SELECT * FROM t", &[], &vschema)
+            .expect("plans");
         vschema.version += 1;
-        let new = cache.get_statement("SELECT * FROM t", &[], &vschema).expect("plans");
+        let new = cache
+            .get_statement("SELECT * FROM t", &[], &vschema)
+            .expect("plans");
         assert!(!Arc::ptr_eq(&old, &new), "re-planned");
-        let again = cache.get_statement("SELECT * FROM t", &[], &vschema).expect("plans");
+        let again = cache
+            .get_statement("SELECT * FROM t", &[], &vschema)
+            .expect("plans");
         assert!(Arc::ptr_eq(&new, &again));
         let stats = cache.stats();
         assert_eq!((stats.hits, stats.misses, stats.entries), (1, 4, 2));
@@ -337,10 +392,19 @@ mod tests {
     fn errors_are_not_cached() {
         let cache = PlanCache::new(8);
         for _ in 0..2 {
-            let error = cache.get_statement("SELEC 1", &[], &vschema()).expect_err("syntax");
+            let error = cache
+                .get_statement("SELEC 1", &[], &vschema())
+                .expect_err("syntax");
             assert_eq!(error.sqlstate, crate::sql::error::SYNTAX_ERROR);
         }
-        assert_eq!(cache.stats(), CacheStats { hits: 0, misses: 2, entries: 0 });
+        assert_eq!(
+            cache.stats(),
+            CacheStats {
+                hits: 0,
+                misses: 2,
+                entries: 0
+            }
+        );
     }
 
     /// Goal: the cache never holds more than its capacity and evicts the least recently used.
@@ -356,15 +420,30 @@ mod tests {
         assert!(cache.stats().entries <= 16, "{:?}", cache.stats());
 
         let cache = PlanCache::single_part(2);
-        cache.get_statement("SELECT 1", &[], &vschema).expect("plans");
-        cache.get_statement("SELECT 2", &[], &vschema).expect("plans");
-        cache.get_statement("SELECT 1", &[], &vschema).expect("hit refreshes SELECT 1");
-        cache.get_statement("SELECT 3", &[], &vschema).expect("evicts SELECT 2");
+        cache
+            .get_statement("SELECT 1", &[], &vschema)
+            .expect("plans");
+        cache
+            .get_statement("SELECT 2", &[], &vschema)
+            .expect("plans");
+        cache
+            .get_statement("SELECT 1", &[], &vschema)
+            .expect("hit refreshes SELECT 1");
+        cache
+            .get_statement("SELECT 3", &[], &vschema)
+            .expect("evicts SELECT 2");
         let before = cache.stats();
-        cache.get_statement("SELECT 1", &[], &vschema).expect("still cached");
-        cache.get_statement("SELECT 2", &[], &vschema).expect("was evicted");
+        cache
+            .get_statement("SELECT 1", &[], &vschema)
+            .expect("still cached");
+        cache
+            .get_statement("SELECT 2", &[], &vschema)
+            .expect("was evicted");
         let after = cache.stats();
-        assert_eq!((after.hits - before.hits, after.misses - before.misses), (1, 1));
+        assert_eq!(
+            (after.hits - before.hits, after.misses - before.misses),
+            (1, 1)
+        );
         assert_eq!(after.entries, 2);
     }
 
@@ -381,7 +460,11 @@ mod tests {
                     for round in 0..500 {
                         let key = (round + thread) % 20;
                         let plan = cache
-                            .get_statement(&format!("SELECT * FROM t WHERE tenant_id = {key}"), &[], &vschema)
+                            .get_statement(
+                                &format!("SELECT * FROM t WHERE tenant_id = {key}"),
+                                &[],
+                                &vschema,
+                            )
                             .expect("plans");
                         assert!(plan.sql.ends_with(&format!("= {key}")));
                     }

@@ -129,9 +129,8 @@ pub(crate) fn decode(bytes: &[u8], type_oid: u32, format: i16) -> Result<Datum<'
                 // Hex digits of each byte keep the byte order (lower-case, fixed width).
                 Ok(Datum::Bytes(&bytes[2..]))
             } else {
-                Err(unsupported_type(type_oid, "compare escape-format bytea").with_hint(
-                    "set bytea_output = 'hex'",
-                ))
+                Err(unsupported_type(type_oid, "compare escape-format bytea")
+                    .with_hint("set bytea_output = 'hex'"))
             }
         }
         DATE => {
@@ -199,9 +198,7 @@ fn decode_float(bytes: &[u8], type_oid: u32, binary: bool) -> Result<f64, PlanEr
         "NaN" => Ok(f64::NAN),
         "Infinity" => Ok(f64::INFINITY),
         "-Infinity" => Ok(f64::NEG_INFINITY),
-        text => text
-            .parse()
-            .map_err(|_| malformed(type_oid, "not a float")),
+        text => text.parse().map_err(|_| malformed(type_oid, "not a float")),
     }
 }
 
@@ -392,7 +389,10 @@ impl Numeric {
     }
 
     fn finite(negative: bool, integer: Vec<u8>, fraction: Vec<u8>) -> Self {
-        let is_zero = integer.iter().chain(fraction.iter()).all(|digit| *digit == 0);
+        let is_zero = integer
+            .iter()
+            .chain(fraction.iter())
+            .all(|digit| *digit == 0);
         Numeric::Finite {
             negative: negative && !is_zero,
             integer,
@@ -452,7 +452,10 @@ impl Numeric {
             }
         }
         fraction.resize(scale, 0);
-        let integer: Vec<u8> = integer.into_iter().skip_while(|digit| *digit == 0).collect();
+        let integer: Vec<u8> = integer
+            .into_iter()
+            .skip_while(|digit| *digit == 0)
+            .collect();
         Ok(Numeric::finite(sign == 0x4000, integer, fraction))
     }
 
@@ -485,7 +488,11 @@ impl Numeric {
         digits.resize(digits.len().div_ceil(4) * 4, 0);
         let mut groups: Vec<i16> = digits
             .chunks(4)
-            .map(|chunk| chunk.iter().fold(0i16, |acc, digit| acc * 10 + i16::from(*digit)))
+            .map(|chunk| {
+                chunk
+                    .iter()
+                    .fold(0i16, |acc, digit| acc * 10 + i16::from(*digit))
+            })
             .collect();
         let mut weight = integer_groups as i32 - 1;
         while groups.first() == Some(&0) {
@@ -636,7 +643,12 @@ fn aligned(integer: &[u8], fraction: &[u8], width: usize, scale: usize) -> Vec<u
     digits
 }
 
-fn compare_magnitude(a_integer: &[u8], a_fraction: &[u8], b_integer: &[u8], b_fraction: &[u8]) -> Ordering {
+fn compare_magnitude(
+    a_integer: &[u8],
+    a_fraction: &[u8],
+    b_integer: &[u8],
+    b_fraction: &[u8],
+) -> Ordering {
     let width = a_integer.len().max(b_integer.len());
     let scale = a_fraction.len().max(b_fraction.len());
     aligned(a_integer, a_fraction, width, scale).cmp(&aligned(b_integer, b_fraction, width, scale))
@@ -707,7 +719,11 @@ fn ascii_number(bytes: &[u8]) -> Option<i64> {
     if bytes.is_empty() || bytes.len() > 18 || !bytes.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    Some(bytes.iter().fold(0, |acc, digit| acc * 10 + i64::from(digit - b'0')))
+    Some(
+        bytes
+            .iter()
+            .fold(0, |acc, digit| acc * 10 + i64::from(digit - b'0')),
+    )
 }
 
 /// `HH:MM:SS[.ffffff]`; returns (microseconds, rest).
@@ -775,8 +791,12 @@ fn parse_timestamp_text(text: &str, with_zone: bool) -> Option<i128> {
         };
         let mut fields = rest[1..].split(':');
         let hours = ascii_number(fields.next()?.as_bytes())?;
-        let minutes = fields.next().map_or(Some(0), |f| ascii_number(f.as_bytes()))?;
-        let seconds = fields.next().map_or(Some(0), |f| ascii_number(f.as_bytes()))?;
+        let minutes = fields
+            .next()
+            .map_or(Some(0), |f| ascii_number(f.as_bytes()))?;
+        let seconds = fields
+            .next()
+            .map_or(Some(0), |f| ascii_number(f.as_bytes()))?;
         if hours > 99 || minutes > 59 || seconds > 59 {
             return None;
         }
@@ -800,11 +820,25 @@ mod tests {
     /// Goal: numeric text parse/print keeps PostgreSQL's display scale and sign rules.
     #[test]
     fn numeric_text_round_trip() {
-        for text in ["0", "1", "-1", "12.50", "0.001", "-0.5", "123456789012345678901234567890.123", "NaN", "Infinity", "-Infinity"] {
+        for text in [
+            "0",
+            "1",
+            "-1",
+            "12.50",
+            "0.001",
+            "-0.5",
+            "123456789012345678901234567890.123",
+            "NaN",
+            "Infinity",
+            "-Infinity",
+        ] {
             let value = Numeric::parse(text).expect("parses");
             assert_eq!(value.to_string(), text);
         }
-        assert_eq!(Numeric::parse("-0.00").map(|n| n.to_string()), Some("0.00".to_string()));
+        assert_eq!(
+            Numeric::parse("-0.00").map(|n| n.to_string()),
+            Some("0.00".to_string())
+        );
         assert!(Numeric::parse("1e5").is_none());
         assert!(Numeric::parse("").is_none());
     }
@@ -830,9 +864,7 @@ mod tests {
     #[test]
     fn numeric_binary_round_trip() {
         // 12345.678 = groups [1, 2345, 6780], weight 1, scale 3.
-        let bytes = [
-            0, 3, 0, 1, 0, 0, 0, 3, 0, 1, 0x09, 0x29, 0x1a, 0x7c,
-        ];
+        let bytes = [0, 3, 0, 1, 0, 0, 0, 3, 0, 1, 0x09, 0x29, 0x1a, 0x7c];
         let value = Numeric::from_binary(&bytes).expect("decodes");
         assert_eq!(value.to_string(), "12345.678");
         assert_eq!(value.to_binary(), bytes.to_vec());
@@ -843,7 +875,10 @@ mod tests {
         assert_eq!(value.to_binary(), small.to_vec());
         for text in ["0", "-7", "100000000", "0.00000001", "-123.40"] {
             let value = Numeric::parse(text).expect("parses");
-            assert_eq!(Numeric::from_binary(&value.to_binary()).expect("round trip"), value);
+            assert_eq!(
+                Numeric::from_binary(&value.to_binary()).expect("round trip"),
+                value
+            );
         }
     }
 
@@ -858,7 +893,10 @@ mod tests {
         assert_eq!(format_float(0.00001, false), "1e-05");
         assert_eq!(format_float(1.5e300, false), "1.5e+300");
         assert_eq!(format_float(1.0 / 3.0, false), "0.3333333333333333");
-        assert_eq!(format_float(123456789012345678.0, false), "1.2345678901234568e+17");
+        assert_eq!(
+            format_float(123456789012345678.0, false),
+            "1.2345678901234568e+17"
+        );
         assert_eq!(format_float(-0.0, false), "-0");
         assert_eq!(format_float(f64::NAN, false), "NaN");
         assert_eq!(format_float(-2.5, false), "-2.5");
@@ -877,6 +915,9 @@ mod tests {
         assert_eq!(parse_date_text("1970-01-02"), Some(1));
         assert_eq!(parse_date_text("2000-01-01"), Some(10_957));
         assert!(parse_date_text("01/02/2000").is_none());
-        assert_eq!(parse_time("12:00:00.25").map(|(m, _)| m), Some(43_200_250_000));
+        assert_eq!(
+            parse_time("12:00:00.25").map(|(m, _)| m),
+            Some(43_200_250_000)
+        );
     }
 }

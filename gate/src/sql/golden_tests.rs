@@ -22,8 +22,16 @@ fn two_shards() -> ShardMap {
 fn four_shards() -> ShardMap {
     ShardMap::new(vec![
         ("-40".to_string(), 0, Some(0x4000_0000_0000_0000)),
-        ("40-80".to_string(), 0x4000_0000_0000_0000, Some(0x8000_0000_0000_0000)),
-        ("80-c0".to_string(), 0x8000_0000_0000_0000, Some(0xc000_0000_0000_0000)),
+        (
+            "40-80".to_string(),
+            0x4000_0000_0000_0000,
+            Some(0x8000_0000_0000_0000),
+        ),
+        (
+            "80-c0".to_string(),
+            0x8000_0000_0000_0000,
+            Some(0xc000_0000_0000_0000),
+        ),
         ("c0-".to_string(), 0xc000_0000_0000_0000, None),
     ])
     .expect("valid 4-shard map")
@@ -71,15 +79,38 @@ fn parse_params(line: &str) -> Vec<Param> {
                     type_oid: 0,
                 }
             } else if let Some(value) = item.strip_prefix("int8:") {
-                binary(20, value.parse::<i64>().expect("int8 param").to_be_bytes().to_vec())
+                binary(
+                    20,
+                    value
+                        .parse::<i64>()
+                        .expect("int8 param")
+                        .to_be_bytes()
+                        .to_vec(),
+                )
             } else if let Some(value) = item.strip_prefix("int4:") {
-                binary(23, value.parse::<i32>().expect("int4 param").to_be_bytes().to_vec())
+                binary(
+                    23,
+                    value
+                        .parse::<i32>()
+                        .expect("int4 param")
+                        .to_be_bytes()
+                        .to_vec(),
+                )
             } else if let Some(value) = item.strip_prefix("int2:") {
-                binary(21, value.parse::<i16>().expect("int2 param").to_be_bytes().to_vec())
+                binary(
+                    21,
+                    value
+                        .parse::<i16>()
+                        .expect("int2 param")
+                        .to_be_bytes()
+                        .to_vec(),
+                )
             } else if let Some(value) = item.strip_prefix("uuid:") {
                 binary(
                     2950,
-                    super::keys::parse_uuid(value.as_bytes()).expect("uuid param").to_vec(),
+                    super::keys::parse_uuid(value.as_bytes())
+                        .expect("uuid param")
+                        .to_vec(),
                 )
             } else {
                 let text = item
@@ -148,7 +179,11 @@ fn format_merge(plan: &MergePlan) -> String {
             text.push_str(" desc");
         }
         if key.nulls_first != key.descending {
-            text.push_str(if key.nulls_first { " nulls first" } else { " nulls last" });
+            text.push_str(if key.nulls_first {
+                " nulls first"
+            } else {
+                " nulls last"
+            });
         }
         parts.push(text);
     }
@@ -320,19 +355,31 @@ fn run_case(case: &Case, vschema: &VSchema, maps: &[(&str, ShardMap)]) -> Vec<St
         }
     }
     if let Some(expected) = &case.merge {
-        let actual = plan.merge.as_ref().map(format_merge).unwrap_or("(none)".to_string());
+        let actual = plan
+            .merge
+            .as_ref()
+            .map(format_merge)
+            .unwrap_or("(none)".to_string());
         if &actual != expected {
             problems.push(format!("merge: expected {expected}, got {actual}"));
         }
     }
     if let Some(expected) = &case.effect {
-        let actual = plan.effect.as_ref().map(format_effect).unwrap_or("(none)".to_string());
+        let actual = plan
+            .effect
+            .as_ref()
+            .map(format_effect)
+            .unwrap_or("(none)".to_string());
         if &actual != expected {
             problems.push(format!("effect: expected {expected}, got {actual}"));
         }
     }
     for (label, shards) in maps {
-        let declared = if *label == "2" { &case.route_2 } else { &case.route_4 };
+        let declared = if *label == "2" {
+            &case.route_2
+        } else {
+            &case.route_4
+        };
         // A bare `error:` line on a case that plans fine means routing fails on every map.
         let expected = declared
             .clone()
@@ -420,7 +467,10 @@ fn golden_harness_reports_mismatches() {
     assert_eq!(wrong_shard.len(), 1, "{wrong_shard:?}");
     assert!(wrong_shard[0].contains("expected -80, got 80-"));
     let unexpected_error = run_case(&cases[1], &vschema, &maps);
-    assert!(unexpected_error[0].contains("planning failed"), "{unexpected_error:?}");
+    assert!(
+        unexpected_error[0].contains("planning failed"),
+        "{unexpected_error:?}"
+    );
     let missing_error = run_case(&cases[2], &vschema, &maps);
     assert_eq!(missing_error.len(), 2, "{missing_error:?}");
 }

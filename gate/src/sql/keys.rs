@@ -108,7 +108,9 @@ fn literal_key(
     }
     match value {
         Value::Null => Ok(Some(KeyValue::Null)),
-        Value::Placeholder(_) => Ok(placeholder_index(&Expr::value(value.clone())).map(KeyValue::Param)),
+        Value::Placeholder(_) => {
+            Ok(placeholder_index(&Expr::value(value.clone())).map(KeyValue::Param))
+        }
         other => match string_content(other) {
             // An untyped string literal takes the column's type, with that type's input rules.
             Some(text) => text_key(text, family).map(Some),
@@ -279,7 +281,11 @@ pub(crate) fn parse_uuid(bytes: &[u8]) -> Result<[u8; 16], PlanError> {
     }
     let mut uuid = [0u8; 16];
     for (index, slot) in uuid.iter_mut().enumerate() {
-        let high = bytes.get(position).copied().and_then(hex).ok_or_else(invalid)?;
+        let high = bytes
+            .get(position)
+            .copied()
+            .and_then(hex)
+            .ok_or_else(invalid)?;
         let low = bytes
             .get(position + 1)
             .copied()
@@ -331,7 +337,9 @@ pub(crate) fn parse_text_array(text: &str) -> Result<Vec<Option<String>>, PlanEr
                 expect_element = true;
             }
             b'}' => {
-                depth = depth.checked_sub(1).ok_or_else(|| invalid("unbalanced braces"))?;
+                depth = depth
+                    .checked_sub(1)
+                    .ok_or_else(|| invalid("unbalanced braces"))?;
                 position += 1;
                 expect_element = false;
                 if depth == 0 {
@@ -408,7 +416,11 @@ pub(crate) fn parse_text_array(text: &str) -> Result<Vec<Option<String>>, PlanEr
             }
         }
     }
-    if depth != 0 || bytes[position..].iter().any(|byte| !byte.is_ascii_whitespace()) {
+    if depth != 0
+        || bytes[position..]
+            .iter()
+            .any(|byte| !byte.is_ascii_whitespace())
+    {
         return Err(invalid("junk after closing right brace"));
     }
     Ok(elements)
@@ -483,7 +495,10 @@ mod tests {
                 Some("3".to_string()),
             ]
         );
-        assert_eq!(parse_text_array("{}").expect("empty"), Vec::<Option<String>>::new());
+        assert_eq!(
+            parse_text_array("{}").expect("empty"),
+            Vec::<Option<String>>::new()
+        );
         for bad in ["1,2", "{1,2", "{1}x", "[1:2]={1,2}"] {
             assert!(parse_text_array(bad).is_err(), "{bad}");
         }

@@ -205,9 +205,9 @@ pub fn merge(
         parsed = sort(plan, fields, parsed)?;
     }
     let offset = usize::try_from(plan.offset).unwrap_or(usize::MAX);
-    let limit = plan
-        .limit
-        .map_or(usize::MAX, |limit| usize::try_from(limit).unwrap_or(usize::MAX));
+    let limit = plan.limit.map_or(usize::MAX, |limit| {
+        usize::try_from(limit).unwrap_or(usize::MAX)
+    });
     Ok(parsed
         .into_iter()
         .skip(offset)
@@ -216,7 +216,11 @@ pub fn merge(
         .collect())
 }
 
-fn aggregate(plan: &MergePlan, fields: &[FieldDesc], rows: Vec<Row>) -> Result<Vec<Row>, PlanError> {
+fn aggregate(
+    plan: &MergePlan,
+    fields: &[FieldDesc],
+    rows: Vec<Row>,
+) -> Result<Vec<Row>, PlanError> {
     if plan.group_by.iter().any(|column| *column >= fields.len()) {
         return Err(malformed_row("GROUP BY column beyond the row"));
     }
@@ -236,7 +240,10 @@ fn aggregate(plan: &MergePlan, fields: &[FieldDesc], rows: Vec<Row>) -> Result<V
         {
             end += 1;
         }
-        let group: Vec<&Row> = order[start..end].iter().map(|index| &rows[*index]).collect();
+        let group: Vec<&Row> = order[start..end]
+            .iter()
+            .map(|index| &rows[*index])
+            .collect();
         output.push(combine_group(plan, fields, &group)?);
         start = end;
     }
@@ -248,7 +255,11 @@ fn combine_group(plan: &MergePlan, fields: &[FieldDesc], group: &[&Row]) -> Resu
     let mut cells = first.cells.clone();
     let mut changed = false;
     for (column, field) in fields.iter().enumerate() {
-        let merge = plan.columns.get(column).copied().unwrap_or(ColumnMerge::Key);
+        let merge = plan
+            .columns
+            .get(column)
+            .copied()
+            .unwrap_or(ColumnMerge::Key);
         match merge {
             ColumnMerge::Key => {}
             ColumnMerge::Count | ColumnMerge::Sum => {
@@ -391,7 +402,10 @@ mod tests {
     }
 
     fn text_row(cells: &[Option<&str>]) -> Bytes {
-        row(&cells.iter().map(|cell| cell.map(str::as_bytes)).collect::<Vec<_>>())
+        row(&cells
+            .iter()
+            .map(|cell| cell.map(str::as_bytes))
+            .collect::<Vec<_>>())
     }
 
     fn cells_of(body: &Bytes, columns: usize) -> Vec<Option<Vec<u8>>> {
@@ -433,8 +447,12 @@ mod tests {
             offset: 1,
             ..MergePlan::default()
         };
-        let merged = merge(&plan, &[field(datum::INT8, 0)], vec![shard_a.clone(), shard_b.clone()])
-            .expect("merges");
+        let merged = merge(
+            &plan,
+            &[field(datum::INT8, 0)],
+            vec![shard_a.clone(), shard_b.clone()],
+        )
+        .expect("merges");
         assert_eq!(merged, vec![shard_a[1].clone(), shard_b[0].clone()]);
     }
 
@@ -459,9 +477,21 @@ mod tests {
             vec![],
         );
         let rows = vec![
-            vec![text_row(&[Some("3"), Some("1.50"), Some("b"), Some("-4"), Some("0.1")])],
+            vec![text_row(&[
+                Some("3"),
+                Some("1.50"),
+                Some("b"),
+                Some("-4"),
+                Some("0.1"),
+            ])],
             vec![text_row(&[Some("0"), None, None, None, None])],
-            vec![text_row(&[Some("4"), Some("2.255"), Some("a"), Some("12"), Some("0.2")])],
+            vec![text_row(&[
+                Some("4"),
+                Some("2.255"),
+                Some("a"),
+                Some("12"),
+                Some("0.2"),
+            ])],
         ];
         let merged = merge(&plan, &fields, rows).expect("merges");
         assert_eq!(merged.len(), 1);
@@ -487,7 +517,12 @@ mod tests {
             field(datum::INT2, 1),
         ];
         let plan = aggregate_plan(
-            vec![ColumnMerge::Count, ColumnMerge::Sum, ColumnMerge::Max, ColumnMerge::Min],
+            vec![
+                ColumnMerge::Count,
+                ColumnMerge::Sum,
+                ColumnMerge::Max,
+                ColumnMerge::Min,
+            ],
             vec![],
         );
         let numeric = |text: &str| Numeric::parse(text).expect("numeric").to_binary();
@@ -539,14 +574,24 @@ mod tests {
             ..aggregate_plan(vec![ColumnMerge::Key, ColumnMerge::Count], vec![0])
         };
         let rows = vec![
-            vec![text_row(&[Some("1.0"), Some("2")]), text_row(&[None, Some("1")])],
-            vec![text_row(&[Some("1.00"), Some("3")]), text_row(&[Some("-2"), Some("5")])],
+            vec![
+                text_row(&[Some("1.0"), Some("2")]),
+                text_row(&[None, Some("1")]),
+            ],
+            vec![
+                text_row(&[Some("1.00"), Some("3")]),
+                text_row(&[Some("-2"), Some("5")]),
+            ],
             vec![text_row(&[None, Some("4")])],
         ];
         let merged = merge(&plan, &fields, rows).expect("merges");
-        let groups: Vec<Vec<Option<String>>> = merged.iter().map(|row| text_cells(row, 2)).collect();
+        let groups: Vec<Vec<Option<String>>> =
+            merged.iter().map(|row| text_cells(row, 2)).collect();
         assert_eq!(groups.len(), 3);
-        assert_eq!(groups[0], vec![Some("-2".to_string()), Some("5".to_string())]);
+        assert_eq!(
+            groups[0],
+            vec![Some("-2".to_string()), Some("5".to_string())]
+        );
         assert_eq!(groups[1][1], Some("5".to_string()));
         assert_eq!(groups[2], vec![None, Some("5".to_string())]);
     }
@@ -565,7 +610,8 @@ mod tests {
             offset: 1,
             ..MergePlan::default()
         };
-        let make = |name: Option<&str>, id: i32| row(&[name.map(str::as_bytes), Some(&id.to_be_bytes())]);
+        let make =
+            |name: Option<&str>, id: i32| row(&[name.map(str::as_bytes), Some(&id.to_be_bytes())]);
         let rows = vec![
             vec![make(None, 1), make(Some("m"), 2), make(Some("a"), 3)],
             vec![make(Some("z"), 4), make(Some("b"), 5)],
@@ -577,7 +623,11 @@ mod tests {
             .collect();
         assert_eq!(
             ids,
-            vec![4i32.to_be_bytes().to_vec(), 2i32.to_be_bytes().to_vec(), 5i32.to_be_bytes().to_vec()]
+            vec![
+                4i32.to_be_bytes().to_vec(),
+                2i32.to_be_bytes().to_vec(),
+                5i32.to_be_bytes().to_vec()
+            ]
         );
     }
 
@@ -590,8 +640,15 @@ mod tests {
             ..MergePlan::default()
         };
         let rows = vec![
-            vec![text_row(&[Some("a"), Some("1.5")]), text_row(&[Some("b"), None])],
-            vec![text_row(&[Some("a"), Some("1.50")]), text_row(&[Some("b"), None]), text_row(&[Some("c"), Some("1")])],
+            vec![
+                text_row(&[Some("a"), Some("1.5")]),
+                text_row(&[Some("b"), None]),
+            ],
+            vec![
+                text_row(&[Some("a"), Some("1.50")]),
+                text_row(&[Some("b"), None]),
+                text_row(&[Some("c"), Some("1")]),
+            ],
         ];
         let merged = merge(&plan, &fields, rows).expect("merges");
         assert_eq!(merged.len(), 3);
@@ -688,7 +745,16 @@ mod tests {
                         }
                     })
                     .collect();
-                let key = |value: &Option<i64>| (value.is_none() != nulls_first, if descending { value.map(|v| -(v as i128)) } else { value.map(i128::from) });
+                let key = |value: &Option<i64>| {
+                    (
+                        value.is_none() != nulls_first,
+                        if descending {
+                            value.map(|v| -(v as i128))
+                        } else {
+                            value.map(i128::from)
+                        },
+                    )
+                };
                 values.sort_by_key(|(value, _)| key(value));
                 union.extend(values.iter().map(|(value, _)| *value));
                 shards.push(
@@ -719,23 +785,49 @@ mod tests {
                         if binary {
                             i64::from_be_bytes(bytes.as_slice().try_into().expect("8 bytes"))
                         } else {
-                            String::from_utf8(bytes.clone()).expect("utf8").parse().expect("int")
+                            String::from_utf8(bytes.clone())
+                                .expect("utf8")
+                                .parse()
+                                .expect("int")
                         }
                     })
                 })
                 .collect();
             union.sort_by(|a, b| match (a, b) {
                 (None, None) => Ordering::Equal,
-                (None, Some(_)) => if nulls_first { Ordering::Less } else { Ordering::Greater },
-                (Some(_), None) => if nulls_first { Ordering::Greater } else { Ordering::Less },
-                (Some(a), Some(b)) => if descending { b.cmp(a) } else { a.cmp(b) },
+                (None, Some(_)) => {
+                    if nulls_first {
+                        Ordering::Less
+                    } else {
+                        Ordering::Greater
+                    }
+                }
+                (Some(_), None) => {
+                    if nulls_first {
+                        Ordering::Greater
+                    } else {
+                        Ordering::Less
+                    }
+                }
+                (Some(a), Some(b)) => {
+                    if descending {
+                        b.cmp(a)
+                    } else {
+                        a.cmp(b)
+                    }
+                }
             });
             let expected: Vec<Option<i64>> = union
                 .into_iter()
                 .skip(offset as usize)
                 .take(limit.map_or(usize::MAX, |l| l as usize))
                 .collect();
-            assert_eq!(got, expected, "seed {} (set TESSERA_MERGE_SEED to replay)", seed + case);
+            assert_eq!(
+                got,
+                expected,
+                "seed {} (set TESSERA_MERGE_SEED to replay)",
+                seed + case
+            );
         }
     }
 
@@ -766,15 +858,33 @@ mod tests {
                 .collect();
             let numeric_text = |units: i128, scale: u32| {
                 let negative = units < 0;
-                let digits = format!("{:0>width$}", units.unsigned_abs(), width = scale as usize + 1);
+                let digits = format!(
+                    "{:0>width$}",
+                    units.unsigned_abs(),
+                    width = scale as usize + 1
+                );
                 let (whole, fraction) = digits.split_at(digits.len() - scale as usize);
                 let sign = if negative { "-" } else { "" };
-                if scale == 0 { format!("{sign}{whole}") } else { format!("{sign}{whole}.{fraction}") }
+                if scale == 0 {
+                    format!("{sign}{whole}")
+                } else {
+                    format!("{sign}{whole}.{fraction}")
+                }
             };
-            let encode_int = |value: i64| if binary { value.to_be_bytes().to_vec() } else { value.to_string().into_bytes() };
+            let encode_int = |value: i64| {
+                if binary {
+                    value.to_be_bytes().to_vec()
+                } else {
+                    value.to_string().into_bytes()
+                }
+            };
             let encode_numeric = |text: &str| {
                 let value = Numeric::parse(text).expect("numeric");
-                if binary { value.to_binary() } else { value.to_string().into_bytes() }
+                if binary {
+                    value.to_binary()
+                } else {
+                    value.to_string().into_bytes()
+                }
             };
             // What each shard returns for GROUP BY g: g, count(*), sum(v), min(v), max(v), sum(n).
             let mut shards = Vec::new();
@@ -790,7 +900,10 @@ mod tests {
                     let min = members.iter().map(|row| row.1).min().expect("min");
                     let max = members.iter().map(|row| row.1).max().expect("max");
                     let scale = members.iter().map(|row| row.3).max().expect("scale");
-                    let numeric_sum: i128 = members.iter().map(|row| row.2 * 10_i128.pow(scale - row.3)).sum();
+                    let numeric_sum: i128 = members
+                        .iter()
+                        .map(|row| row.2 * 10_i128.pow(scale - row.3))
+                        .sum();
                     out.push(row(&[
                         Some(group.as_bytes()),
                         Some(&encode_int(count)),
@@ -811,7 +924,11 @@ mod tests {
                 field(datum::NUMERIC, format),
             ];
             let plan = MergePlan {
-                order_by: vec![SortKey { column: 0, descending: false, nulls_first: false }],
+                order_by: vec![SortKey {
+                    column: 0,
+                    descending: false,
+                    nulls_first: false,
+                }],
                 ..aggregate_plan(
                     vec![
                         ColumnMerge::Key,
@@ -824,7 +941,8 @@ mod tests {
                     vec![0],
                 )
             };
-            let merged = merge(&plan, &fields, shards).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+            let merged =
+                merge(&plan, &fields, shards).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
             let all: Vec<_> = data.iter().flatten().collect();
             let mut expected = Vec::new();
             for (group_index, group) in groups.iter().enumerate() {
@@ -833,13 +951,20 @@ mod tests {
                     continue;
                 }
                 let scale = members.iter().map(|row| row.3).max().expect("scale");
-                let numeric_sum: i128 = members.iter().map(|row| row.2 * 10_i128.pow(scale - row.3)).sum();
+                let numeric_sum: i128 = members
+                    .iter()
+                    .map(|row| row.2 * 10_i128.pow(scale - row.3))
+                    .sum();
                 expected.push(vec![
                     Some(group.as_bytes().to_vec()),
                     Some(encode_int(members.len() as i64)),
                     Some(encode_int(members.iter().map(|row| row.1).sum())),
-                    Some(encode_int(members.iter().map(|row| row.1).min().expect("min"))),
-                    Some(encode_int(members.iter().map(|row| row.1).max().expect("max"))),
+                    Some(encode_int(
+                        members.iter().map(|row| row.1).min().expect("min"),
+                    )),
+                    Some(encode_int(
+                        members.iter().map(|row| row.1).max().expect("max"),
+                    )),
                     Some(encode_numeric(&numeric_text(numeric_sum, scale))),
                 ]);
             }

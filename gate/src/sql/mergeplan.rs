@@ -6,8 +6,8 @@ use std::ops::ControlFlow;
 
 use sqlparser::ast::{
     DuplicateTreatment, Expr, FunctionArguments, GroupByExpr, LimitClause, ObjectNamePart,
-    OrderByKind, OrderBySort, Query, Select, SelectItem, SelectItemQualifiedWildcardKind,
-    Value, Visit, Visitor, WindowType,
+    OrderByKind, OrderBySort, Query, Select, SelectItem, SelectItemQualifiedWildcardKind, Value,
+    Visit, Visitor, WindowType,
 };
 
 use super::analyze::{Analyzer, Context, function_name, is_aggregate_name, normalize_ident};
@@ -105,7 +105,9 @@ fn aggregate_merge(expr: &Expr) -> Result<Option<ColumnMerge>, PlanError> {
                 return Err(PlanError::unsupported(format!(
                     "{name}(DISTINCT ...) cannot be combined across shards"
                 ))
-                .with_hint("restrict the query to one sharding key, or GROUP BY the sharding column"));
+                .with_hint(
+                    "restrict the query to one sharding key, or GROUP BY the sharding column",
+                ));
             }
             match name.as_str() {
                 "count" => Ok(Some(ColumnMerge::Count)),
@@ -165,10 +167,10 @@ fn contains_aggregate<V: Visit>(node: &V) -> bool {
 /// LIMIT and OFFSET as constants.
 fn limit_offset(query: &Query) -> Result<(Option<u64>, u64), PlanError> {
     if query.fetch.is_some() {
-        return Err(PlanError::unsupported(
-            "FETCH FIRST cannot be merged across shards",
-        )
-        .with_hint("use LIMIT"));
+        return Err(
+            PlanError::unsupported("FETCH FIRST cannot be merged across shards")
+                .with_hint("use LIMIT"),
+        );
     }
     let constant = |expr: &Expr, what: &str| {
         literal_u64(expr).ok_or_else(|| {
@@ -198,9 +200,9 @@ fn limit_offset(query: &Query) -> Result<(Option<u64>, u64), PlanError> {
             };
             Ok((limit, offset))
         }
-        Some(LimitClause::OffsetCommaLimit { .. }) => {
-            Err(PlanError::unsupported("LIMIT offset, count is not PostgreSQL's"))
-        }
+        Some(LimitClause::OffsetCommaLimit { .. }) => Err(PlanError::unsupported(
+            "LIMIT offset, count is not PostgreSQL's",
+        )),
     }
 }
 
@@ -244,7 +246,11 @@ impl Analyzer<'_> {
     }
 
     /// Output columns of the select list; `None` when a `*` cannot be expanded by the gate.
-    fn output_columns<'q>(&self, select: &'q Select, scope: usize) -> Option<Vec<OutputColumn<'q>>> {
+    fn output_columns<'q>(
+        &self,
+        select: &'q Select,
+        scope: usize,
+    ) -> Option<Vec<OutputColumn<'q>>> {
         let mut outputs = Vec::new();
         let scope_data = &self.scopes[scope];
         for item in &select.projection {
@@ -409,11 +415,8 @@ impl Analyzer<'_> {
             },
         };
         let (limit, offset) = limit_offset(query)?;
-        let needs_merge = aggregate
-            || distinct
-            || !order_expressions.is_empty()
-            || limit.is_some()
-            || offset > 0;
+        let needs_merge =
+            aggregate || distinct || !order_expressions.is_empty() || limit.is_some() || offset > 0;
         if !needs_merge {
             return Ok((None, None));
         }
@@ -547,12 +550,16 @@ impl Analyzer<'_> {
     ) -> Result<(), PlanError> {
         let (merge, _) = self.plan_merge(query, select, scope)?;
         match merge {
-            Some(plan) if plan.aggregate || plan.limit.is_some() || plan.offset > 0 || plan.distinct => {
+            Some(plan)
+                if plan.aggregate || plan.limit.is_some() || plan.offset > 0 || plan.distinct =>
+            {
                 Err(PlanError::unsupported(
                     "INSERT ... SELECT over several shards cannot use LIMIT, OFFSET, DISTINCT or \
                      aggregates that span shards",
                 )
-                .with_hint("GROUP BY the sharding column, or restrict the SELECT to one sharding key"))
+                .with_hint(
+                    "GROUP BY the sharding column, or restrict the SELECT to one sharding key",
+                ))
             }
             _ => Ok(()),
         }

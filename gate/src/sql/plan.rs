@@ -71,9 +71,14 @@ pub enum StatementKind {
     /// `role`, `SET SESSION AUTHORIZATION x` is `session_authorization`, and
     /// `SET TRANSACTION modes` is name `transaction` with the modes as value (replay as
     /// `SET TRANSACTION {value}`; `set_local` is true).
-    Set { name: String, value: String },
+    Set {
+        name: String,
+        value: String,
+    },
     /// `RESET name`; `None` = `RESET ALL`.
-    Reset { name: Option<String> },
+    Reset {
+        name: Option<String>,
+    },
     /// `SHOW name`: routed to one shard (target `AnyShard`), which answers with the session's
     /// settings replayed by the executor.
     Show,
@@ -381,9 +386,11 @@ pub(crate) fn analyze_statement(
             gate(Kind::Begin)
         }
         Statement::Commit { .. } => gate(Kind::Commit),
-        Statement::Rollback { savepoint, .. } => {
-            gate(if savepoint.is_some() { Kind::Savepoint } else { Kind::Rollback })
-        }
+        Statement::Rollback { savepoint, .. } => gate(if savepoint.is_some() {
+            Kind::Savepoint
+        } else {
+            Kind::Rollback
+        }),
         Statement::Savepoint { .. } | Statement::ReleaseSavepoint { .. } => gate(Kind::Savepoint),
         Statement::Set(set) => analyze_set(set),
         Statement::Reset(ResetStatement { reset }) => match reset {
@@ -424,11 +431,13 @@ pub(crate) fn analyze_statement(
         },
         Statement::CreateView(view) => Err(PlanError::unsupported(format!(
             "CREATE {}VIEW is not supported through the gate",
-            if view.materialized { "MATERIALIZED " } else { "" }
+            if view.materialized {
+                "MATERIALIZED "
+            } else {
+                ""
+            }
         ))
-        .with_detail(
-            "a view over a sharded table would be evaluated on one shard's rows only",
-        )
+        .with_detail("a view over a sharded table would be evaluated on one shard's rows only")
         .with_hint("query the tables directly")),
         Statement::AlterView { .. } => Err(PlanError::unsupported(
             "ALTER VIEW is not supported through the gate",
@@ -482,15 +491,13 @@ pub(crate) fn analyze_statement(
             "SQL-level PREPARE/EXECUTE is not supported through the gate",
         )
         .with_hint("use the extended query protocol (your driver's prepared statements)")),
-        Statement::LISTEN { .. } | Statement::UNLISTEN { .. } | Statement::NOTIFY { .. } => {
-            Err(PlanError::unsupported(
-                "LISTEN/NOTIFY is not supported through the gate",
-            )
-            .with_detail("the gate pools server connections per transaction"))
-        }
-        Statement::Declare { .. } | Statement::Fetch { .. } | Statement::Close { .. } => {
-            Err(PlanError::unsupported("cursors are not supported through the gate yet"))
-        }
+        Statement::LISTEN { .. } | Statement::UNLISTEN { .. } | Statement::NOTIFY { .. } => Err(
+            PlanError::unsupported("LISTEN/NOTIFY is not supported through the gate")
+                .with_detail("the gate pools server connections per transaction"),
+        ),
+        Statement::Declare { .. } | Statement::Fetch { .. } | Statement::Close { .. } => Err(
+            PlanError::unsupported("cursors are not supported through the gate yet"),
+        ),
         Statement::Copy { .. } => Err(PlanError::unsupported(
             "COPY is not supported through the gate yet",
         )
@@ -515,7 +522,10 @@ pub(crate) fn analyze_statement(
 /// First words of a statement for error messages (never the whole text: it may hold data).
 fn statement_head(statement: &Statement) -> String {
     let text = statement.to_string();
-    text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    text.split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// DDL and role statements can carry settings (`ALTER ROLE x SET ...`, `CREATE FUNCTION ...
@@ -605,7 +615,10 @@ fn analyze_set(set: &Set) -> Result<Analysis, PlanError> {
                 .as_ref()
                 .map(ToString::to_string)
                 .unwrap_or_else(|| "NONE".to_string()),
-            matches!(context_modifier, Some(sqlparser::ast::ContextModifier::Local)),
+            matches!(
+                context_modifier,
+                Some(sqlparser::ast::ContextModifier::Local)
+            ),
         ),
         Set::SetSessionAuthorization(parameter) => set_kind(
             "session_authorization".to_string(),
@@ -885,9 +898,15 @@ mod tests {
     fn empty_strings_plan_to_nothing() {
         let vschema = VSchema::new("app", "tenant_id");
         for text in ["", "  ;  ; ", "-- nothing\n", "/* nothing */"] {
-            assert!(plan_query(text, &vschema).expect("plans").is_empty(), "{text:?}");
+            assert!(
+                plan_query(text, &vschema).expect("plans").is_empty(),
+                "{text:?}"
+            );
             let plan = plan_statement(text, &vschema).expect("plans");
-            assert_eq!((&*plan.sql, &plan.kind, &plan.target), ("", &StatementKind::Other, &Target::AnyShard));
+            assert_eq!(
+                (&*plan.sql, &plan.kind, &plan.target),
+                ("", &StatementKind::Other, &Target::AnyShard)
+            );
         }
     }
 

@@ -12,26 +12,44 @@ use super::plan::StatementPlan;
 /// the order given), with parameters renumbered `$1..$k` in order of first appearance; returns
 /// `(sql, param_map)` where `param_map[i]` = original 0-based parameter index of new `$(i+1)`.
 /// Parameters used only by other rows are dropped.
-pub fn rewrite_insert(plan: &StatementPlan, rows: &[usize]) -> Result<(String, Vec<usize>), PlanError> {
+pub fn rewrite_insert(
+    plan: &StatementPlan,
+    rows: &[usize],
+) -> Result<(String, Vec<usize>), PlanError> {
     let mut statement = plan.ast.as_ref().clone();
     let Statement::Insert(insert) = &mut statement else {
-        return Err(PlanError::new(INTERNAL_ERROR, "rewrite_insert on a statement that is not an INSERT"));
+        return Err(PlanError::new(
+            INTERNAL_ERROR,
+            "rewrite_insert on a statement that is not an INSERT",
+        ));
     };
     let Some(source) = insert.source.as_mut() else {
-        return Err(PlanError::new(INTERNAL_ERROR, "rewrite_insert on an INSERT without VALUES"));
+        return Err(PlanError::new(
+            INTERNAL_ERROR,
+            "rewrite_insert on an INSERT without VALUES",
+        ));
     };
     let SetExpr::Values(values) = source.body.as_mut() else {
-        return Err(PlanError::new(INTERNAL_ERROR, "rewrite_insert on an INSERT without VALUES"));
+        return Err(PlanError::new(
+            INTERNAL_ERROR,
+            "rewrite_insert on an INSERT without VALUES",
+        ));
     };
     if rows.is_empty() {
-        return Err(PlanError::new(INTERNAL_ERROR, "rewrite_insert with no rows"));
+        return Err(PlanError::new(
+            INTERNAL_ERROR,
+            "rewrite_insert with no rows",
+        ));
     }
     let mut kept = Vec::with_capacity(rows.len());
     for row in rows {
         let original = values.rows.get(*row).ok_or_else(|| {
             PlanError::new(
                 INTERNAL_ERROR,
-                format!("rewrite_insert row {row} beyond the {} VALUES rows", values.rows.len()),
+                format!(
+                    "rewrite_insert row {row} beyond the {} VALUES rows",
+                    values.rows.len()
+                ),
             )
         })?;
         kept.push(original.clone());
@@ -73,7 +91,11 @@ mod tests {
                     column: "tenant_id".to_string(),
                     family: HashFamily::Int,
                 },
-                columns: vec!["tenant_id".to_string(), "id".to_string(), "name".to_string()],
+                columns: vec![
+                    "tenant_id".to_string(),
+                    "id".to_string(),
+                    "name".to_string(),
+                ],
             },
         );
         vschema
@@ -130,7 +152,8 @@ mod tests {
     fn rewrite_rejects_bad_input() {
         let select = plan_statement("SELECT 1", &vschema()).expect("plans");
         assert!(rewrite_insert(&select, &[0]).is_err());
-        let insert = plan_statement("INSERT INTO customers VALUES (1, 1, 'a')", &vschema()).expect("plans");
+        let insert =
+            plan_statement("INSERT INTO customers VALUES (1, 1, 'a')", &vschema()).expect("plans");
         assert!(rewrite_insert(&insert, &[1]).is_err());
         assert!(rewrite_insert(&insert, &[]).is_err());
     }

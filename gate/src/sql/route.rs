@@ -385,7 +385,11 @@ mod tests {
 
     fn vschema() -> VSchema {
         let mut vschema = VSchema::new("app", "tenant_id");
-        for (name, family) in [("t", HashFamily::Int), ("u", HashFamily::Uuid), ("s", HashFamily::Text)] {
+        for (name, family) in [
+            ("t", HashFamily::Int),
+            ("u", HashFamily::Uuid),
+            ("s", HashFamily::Text),
+        ] {
             vschema.tables.insert(
                 name.to_string(),
                 TableInfo {
@@ -453,7 +457,10 @@ mod tests {
             };
             let literal = format!(
                 "SELECT * FROM t WHERE tenant_id IN ({})",
-                keys.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                keys.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             assert_eq!(
                 route_sql("SELECT * FROM t WHERE tenant_id = ANY($1)", &params, 8),
@@ -474,7 +481,11 @@ mod tests {
         };
         assert_eq!(
             route_sql("SELECT * FROM t WHERE tenant_id = ANY($1)", &params, 8),
-            route_sql("SELECT * FROM t WHERE tenant_id IN (3, 9)", &Params::NONE, 8)
+            route_sql(
+                "SELECT * FROM t WHERE tenant_id IN (3, 9)",
+                &Params::NONE,
+                8
+            )
         );
         for empty in [Some(&b"{}"[..]), None] {
             let values = [empty];
@@ -495,7 +506,8 @@ mod tests {
             types: &[],
         };
         assert_eq!(
-            route_sql("SELECT * FROM t WHERE tenant_id = ANY($1)", &params, 8).map_err(|e| e.sqlstate),
+            route_sql("SELECT * FROM t WHERE tenant_id = ANY($1)", &params, 8)
+                .map_err(|e| e.sqlstate),
             Err(INVALID_TEXT_REPRESENTATION)
         );
     }
@@ -504,10 +516,30 @@ mod tests {
     #[test]
     fn unfit_binary_parameters_are_refused() {
         let cases: [(&str, &[u8], u32, &str); 4] = [
-            ("SELECT * FROM t WHERE tenant_id = $1", &[0, 0, 1], 0, INDETERMINATE_DATATYPE),
-            ("SELECT * FROM t WHERE tenant_id = $1", &[0; 8], 1700, INDETERMINATE_DATATYPE),
-            ("SELECT * FROM u WHERE tenant_id = $1", &[0; 15], 2950, INDETERMINATE_DATATYPE),
-            ("SELECT * FROM s WHERE tenant_id = $1", &[0; 4], 23, INDETERMINATE_DATATYPE),
+            (
+                "SELECT * FROM t WHERE tenant_id = $1",
+                &[0, 0, 1],
+                0,
+                INDETERMINATE_DATATYPE,
+            ),
+            (
+                "SELECT * FROM t WHERE tenant_id = $1",
+                &[0; 8],
+                1700,
+                INDETERMINATE_DATATYPE,
+            ),
+            (
+                "SELECT * FROM u WHERE tenant_id = $1",
+                &[0; 15],
+                2950,
+                INDETERMINATE_DATATYPE,
+            ),
+            (
+                "SELECT * FROM s WHERE tenant_id = $1",
+                &[0; 4],
+                23,
+                INDETERMINATE_DATATYPE,
+            ),
         ];
         for (sql, bytes, type_oid, sqlstate) in cases {
             let values = [Some(bytes)];
@@ -517,7 +549,11 @@ mod tests {
                 formats: &[1],
                 types: &types,
             };
-            assert_eq!(route_sql(sql, &params, 4).map_err(|e| e.sqlstate), Err(sqlstate), "{sql} {type_oid}");
+            assert_eq!(
+                route_sql(sql, &params, 4).map_err(|e| e.sqlstate),
+                Err(sqlstate),
+                "{sql} {type_oid}"
+            );
         }
     }
 
@@ -531,12 +567,20 @@ mod tests {
             let binary_values = [Some(&binary[..])];
             let as_text = route_sql(
                 "SELECT * FROM u WHERE tenant_id = $1",
-                &Params { values: &text_values, formats: &[0], types: &[2950] },
+                &Params {
+                    values: &text_values,
+                    formats: &[0],
+                    types: &[2950],
+                },
                 shard_count,
             );
             let as_binary = route_sql(
                 "SELECT * FROM u WHERE tenant_id = $1",
-                &Params { values: &binary_values, formats: &[1], types: &[2950] },
+                &Params {
+                    values: &binary_values,
+                    formats: &[1],
+                    types: &[2950],
+                },
                 shard_count,
             );
             assert_eq!(as_text, as_binary);
@@ -559,25 +603,58 @@ mod tests {
         let both_binary = [Some(&seven_binary[..]), Some(&seven_binary[..])];
         let mixed = [Some(&text_seven[..]), Some(&seven_binary[..])];
         assert_eq!(
-            route_sql(sql, &Params { values: &both_binary, formats: &[1], types: &[] }, 16),
+            route_sql(
+                sql,
+                &Params {
+                    values: &both_binary,
+                    formats: &[1],
+                    types: &[]
+                },
+                16
+            ),
             Ok(expected.clone())
         );
         assert_eq!(
-            route_sql(sql, &Params { values: &mixed, formats: &[0, 1], types: &[] }, 16),
+            route_sql(
+                sql,
+                &Params {
+                    values: &mixed,
+                    formats: &[0, 1],
+                    types: &[]
+                },
+                16
+            ),
             Ok(expected)
         );
-        let short = [Some(&text_seven[..]), Some(&text_seven[..]), Some(&text_seven[..])];
+        let short = [
+            Some(&text_seven[..]),
+            Some(&text_seven[..]),
+            Some(&text_seven[..]),
+        ];
         assert_eq!(
             route_sql(
                 "INSERT INTO t (tenant_id, x) VALUES ($1, 1), ($2, 2), ($3, 3)",
-                &Params { values: &short, formats: &[0, 0], types: &[] },
+                &Params {
+                    values: &short,
+                    formats: &[0, 0],
+                    types: &[]
+                },
                 16
             )
             .map_err(|e| e.sqlstate),
             Err(PROTOCOL_VIOLATION)
         );
         assert_eq!(
-            route_sql(sql, &Params { values: &mixed, formats: &[2], types: &[] }, 16).map_err(|e| e.sqlstate),
+            route_sql(
+                sql,
+                &Params {
+                    values: &mixed,
+                    formats: &[2],
+                    types: &[]
+                },
+                16
+            )
+            .map_err(|e| e.sqlstate),
             Err(PROTOCOL_VIOLATION)
         );
     }
@@ -585,7 +662,13 @@ mod tests {
     /// Goal: with one shard, a scatter runs as a single-shard statement (results relayed as is).
     #[test]
     fn scatter_on_one_shard_is_single() {
-        assert_eq!(route_sql("SELECT count(*) FROM t", &Params::NONE, 1), Ok(Route::Single(0)));
-        assert_eq!(route_sql("SELECT count(*) FROM t", &Params::NONE, 2), Ok(Route::All));
+        assert_eq!(
+            route_sql("SELECT count(*) FROM t", &Params::NONE, 1),
+            Ok(Route::Single(0))
+        );
+        assert_eq!(
+            route_sql("SELECT count(*) FROM t", &Params::NONE, 2),
+            Ok(Route::All)
+        );
     }
 }

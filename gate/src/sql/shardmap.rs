@@ -69,7 +69,10 @@ impl ShardMap {
             });
         }
         for (position, shard) in shards.iter().enumerate() {
-            if shards[..position].iter().any(|other| other.name == shard.name) {
+            if shards[..position]
+                .iter()
+                .any(|other| other.name == shard.name)
+            {
                 return Err(ShardMapError::DuplicateName {
                     name: shard.name.clone(),
                 });
@@ -171,8 +174,14 @@ mod tests {
         assert_eq!(shards.name(0), "-40");
         assert_eq!(shards.name(shards.shard_for(0)), "-40");
         assert_eq!(shards.name(shards.shard_for(0x3fff_ffff_ffff_ffff)), "-40");
-        assert_eq!(shards.name(shards.shard_for(0x4000_0000_0000_0000)), "40-80");
-        assert_eq!(shards.name(shards.shard_for(0x7fff_ffff_ffff_ffff)), "40-80");
+        assert_eq!(
+            shards.name(shards.shard_for(0x4000_0000_0000_0000)),
+            "40-80"
+        );
+        assert_eq!(
+            shards.name(shards.shard_for(0x7fff_ffff_ffff_ffff)),
+            "40-80"
+        );
         assert_eq!(shards.name(shards.shard_for(0x8000_0000_0000_0000)), "80-");
         assert_eq!(shards.name(shards.shard_for(u64::MAX)), "80-");
         assert_eq!(shards.index_of("80-"), Some(2));
