@@ -57,7 +57,12 @@ pub struct PostgresConfig {
     /// How long `stop` waits for the requested shutdown mode before escalating.
     #[serde(default = "default_stop_timeout_ms")]
     pub stop_timeout_ms: u64,
-    /// Whether `initdb` fsyncs the new cluster. Only tests should turn this off.
+    /// How long `pg_basebackup` and `pg_rewind` may run. They copy data, so size this to the
+    /// database and the network; the default is one hour.
+    #[serde(default = "default_copy_timeout_ms")]
+    pub copy_timeout_ms: u64,
+    /// Whether `initdb`, `pg_basebackup` and `pg_rewind` fsync what they write. Only tests
+    /// should turn this off.
     #[serde(default = "default_true")]
     pub sync_initdb: bool,
 }
@@ -83,6 +88,9 @@ fn default_start_timeout_ms() -> u64 {
 fn default_stop_timeout_ms() -> u64 {
     60_000
 }
+fn default_copy_timeout_ms() -> u64 {
+    3_600_000
+}
 fn default_true() -> bool {
     true
 }
@@ -104,6 +112,7 @@ impl PostgresConfig {
             run_as_user: default_run_as_user(),
             start_timeout_ms: default_start_timeout_ms(),
             stop_timeout_ms: default_stop_timeout_ms(),
+            copy_timeout_ms: default_copy_timeout_ms(),
             sync_initdb: true,
         }
     }
@@ -152,6 +161,7 @@ impl fmt::Debug for PostgresConfig {
             .field("run_as_user", &self.run_as_user)
             .field("start_timeout_ms", &self.start_timeout_ms)
             .field("stop_timeout_ms", &self.stop_timeout_ms)
+            .field("copy_timeout_ms", &self.copy_timeout_ms)
             .field("sync_initdb", &self.sync_initdb)
             .finish()
     }

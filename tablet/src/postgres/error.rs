@@ -144,6 +144,74 @@ pub enum PostgresError {
         #[source]
         source: tokio_postgres::Error,
     },
+
+    /// A replication source (host, port, user, application name) cannot be used.
+    #[error("invalid replication source: {reason}")]
+    InvalidReplicationSource { reason: String },
+
+    /// The operation needs a standby but the server is a primary (or a data dir that would
+    /// start as one).
+    #[error("PostgreSQL is a primary, but {operation} needs a standby")]
+    NotStandby { operation: &'static str },
+
+    /// `pg_basebackup` failed; nothing was installed in the data dir.
+    #[error("pg_basebackup from {source_address} failed ({status}): {output_tail}")]
+    BaseBackupFailed {
+        source_address: String,
+        status: String,
+        output_tail: String,
+    },
+
+    /// `pg_rewind` failed. The data dir is left as pg_rewind left it (plus `standby.signal`, so
+    /// it can never start as a primary): the tablet must quarantine this node.
+    #[error(
+        "pg_rewind from {source_address} failed ({status}): {output_tail}; data dir {data_dir} is left as pg_rewind left it and must not be reused (quarantine this node)"
+    )]
+    RewindFailed {
+        source_address: String,
+        status: String,
+        output_tail: String,
+        data_dir: PathBuf,
+    },
+
+    /// Another PostgreSQL tool (`pg_controldata`, `pg_rewind --dry-run`) failed.
+    #[error("{tool} failed ({status}): {output_tail}")]
+    ToolFailed {
+        tool: &'static str,
+        status: String,
+        output_tail: String,
+    },
+
+    /// A PostgreSQL function or tool answered something Tessera cannot interpret.
+    #[error("unexpected {what} from PostgreSQL: {text:?}")]
+    UnexpectedOutput { what: &'static str, text: String },
+
+    /// `pg_promote` did not finish in time.
+    #[error("PostgreSQL did not finish promotion within {timeout_ms} ms")]
+    PromoteTimeout { timeout_ms: u64 },
+
+    /// A replication state Tessera waits for was not reached in time.
+    #[error("{what} did not happen within {timeout_ms} ms")]
+    ReplicationTimeout { what: String, timeout_ms: u64 },
+
+    /// The control connection to the replication source could not be opened.
+    #[error("could not connect to the replication source {source_address}: {source}")]
+    SourceConnect {
+        source_address: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
+    /// The source is a different PostgreSQL cluster, so this server can never replicate from
+    /// it (only a new base backup helps).
+    #[error(
+        "this server (system identifier {local_system_id}) and the source {source_address} (system identifier {source_system_id}) are different clusters: take a new base backup instead"
+    )]
+    DifferentClusters {
+        local_system_id: String,
+        source_address: String,
+        source_system_id: String,
+    },
 }
 
 impl PostgresError {

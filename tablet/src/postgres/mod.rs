@@ -36,6 +36,9 @@ mod config;
 mod error;
 mod launcher;
 mod lock_file;
+mod replication;
+mod timeline;
+mod tools;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
@@ -55,6 +58,7 @@ use tracing::{debug, info, warn};
 
 pub use config::{DEFAULT_BIN_DIR, PostgresConfig, StopMode};
 pub use error::PostgresError;
+pub use replication::{Lsn, ReplicationSource, ServerRole, StandbyState, WalPosition};
 
 use account::ServerAccount;
 use launcher::Launcher;
@@ -221,6 +225,24 @@ impl PostgresServer {
     /// the managed settings. Fails with `AlreadyInitialized` if there is a cluster already.
     pub async fn init(&self) -> Result<(), PostgresError> {
         let _lifecycle = self.lifecycle.lock().await;
+        let staging = self.new_staging_directory("initdb")?;
+        let result = self.init_in(&staging).await;
+        remove_staging_directory(&staging);
+        result?;
+        info!(
+            data_dir = %self.config.data_dir.display(),
+            user = %self.account.name,
+            "initialised a PostgreSQL cluster (data checksums, locale C, UTF8, SCRAM authentication)"
+        );
+        Ok(())
+    }
+
+    /// Checks that a new cluster may be created in the data dir (none there yet, the directory
+    /// absent or empty, its parents reachable by the account) and returns a fresh, empty,
+    /// hidden staging directory next to it, named after `purpose`. New clusters are built
+    /// there and renamed into place only when complete ([`PostgresServer::install_staged`]), so
+    /// a crash midway never leaves a half-built data dir that a later start would adopt.
+    fn new_staging_directory(&self, purpose: &str) -> Result<PathBuf, PostgresError> {
         let data_dir = &self.config.data_dir;
         if self.is_initialized() {
             return Err(PostgresError::AlreadyInitialized {
@@ -231,7 +253,7 @@ impl PostgresServer {
             path: data_dir.clone(),
             reason,
         };
-        let (Some(parent), Some(name)) = (data_dir.parent(), data_dir.file_name()) else {
+        let Some(parent) = data_dir.parent() else {
             return Err(not_writable("it has no parent directory".to_string()));
         };
         std::fs::create_dir_all(parent).map_err(|error| {
@@ -249,11 +271,9 @@ impl PostgresServer {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
             Err(error) => return Err(not_writable(error.to_string())),
         }
-
-        // Stage everything in a hidden sibling and rename it into place when complete.
-        let staging = parent.join(format!(".{}.initdb", name.to_string_lossy()));
+        let staging = self.sibling_path(purpose)?;
         if staging.exists() {
-            warn!(path = %staging.display(), "removing the leftover of an interrupted init");
+            warn!(path = %staging.display(), "removing the leftover of an interrupted {purpose}");
             std::fs::remove_dir_all(&staging).map_err(|error| {
                 not_writable(format!("cannot remove {}: {error}", staging.display()))
             })?;
@@ -265,17 +285,22 @@ impl PostgresServer {
                 not_writable(format!("cannot create {}: {error}", staging.display()))
             })?;
         self.account.chown(&staging)?;
-        let result = self.init_in(&staging).await;
-        if let Err(error) = std::fs::remove_dir_all(&staging) {
-            warn!(path = %staging.display(), %error, "could not remove the init staging directory");
+        Ok(staging)
+    }
+
+    /// A hidden path next to the data dir, `.<data dir name>.<suffix>`: outside the data dir,
+    /// so neither PostgreSQL nor the tools that copy data dirs ever see it.
+    fn sibling_path(&self, suffix: &str) -> Result<PathBuf, PostgresError> {
+        let data_dir = &self.config.data_dir;
+        match (data_dir.parent(), data_dir.file_name()) {
+            (Some(parent), Some(name)) => {
+                Ok(parent.join(format!(".{}.{suffix}", name.to_string_lossy())))
+            }
+            _ => Err(PostgresError::DataDirNotWritable {
+                path: data_dir.clone(),
+                reason: "it has no parent directory".to_string(),
+            }),
         }
-        result?;
-        info!(
-            data_dir = %data_dir.display(),
-            user = %self.account.name,
-            "initialised a PostgreSQL cluster (data checksums, locale C, UTF8, SCRAM authentication)"
-        );
-        Ok(())
     }
 
     /// Runs initdb inside `staging`, configures the result and moves it to the data dir.
@@ -284,56 +309,46 @@ impl PostgresServer {
         let password_file = staging.join("pwfile");
         conf_files::write_atomically(&password_file, &self.config.password, &self.account)?;
 
-        let initdb = self.config.bin_dir.join("initdb");
-        let mut command = tokio::process::Command::new(&initdb);
-        command
-            .arg("--pgdata")
-            .arg(&staged_data)
-            .args([
+        let mut args: Vec<std::ffi::OsString> = vec!["--pgdata".into(), staged_data.clone().into()];
+        args.extend(
+            [
                 "--data-checksums",
                 "--locale=C",
                 "--encoding=UTF8",
                 "--auth-local=scram-sha-256",
                 "--auth-host=scram-sha-256",
-            ])
-            .arg(format!("--username={}", self.config.superuser))
-            .arg(format!("--pwfile={}", password_file.display()));
+            ]
+            .map(Into::into),
+        );
+        args.push(format!("--username={}", self.config.superuser).into());
+        args.push(format!("--pwfile={}", password_file.display()).into());
         if !self.config.sync_initdb {
-            command.arg("--no-sync");
+            args.push("--no-sync".into());
         }
-        command
-            .current_dir("/")
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        self.account.apply_tokio(&mut command);
-        debug!(binary = %initdb.display(), "running initdb");
-        let timeout = Duration::from_millis(self.config.start_timeout_ms);
-        let output = tokio::time::timeout(timeout, command.output())
-            .await
-            .map_err(|_| PostgresError::InitdbFailed {
-                status: format!("no result within {} ms", self.config.start_timeout_ms),
-                output_tail: String::new(),
-            })?
-            .map_err(|source| PostgresError::Spawn {
-                binary: initdb.clone(),
-                source,
-            })?;
-        if !output.status.success() {
-            let text = format!(
-                "{}\n{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            );
+        let output = tools::run(
+            &self.account,
+            &self.config.bin_dir,
+            "initdb",
+            args,
+            None,
+            Duration::from_millis(self.config.start_timeout_ms),
+        )
+        .await?;
+        if !output.success {
             return Err(PostgresError::InitdbFailed {
-                status: exit_of(output.status).to_string(),
-                output_tail: tail(&text, TAIL_LINES),
+                status: output.status,
+                output_tail: tail(&output.text, TAIL_LINES),
             });
         }
         std::fs::remove_file(&password_file)
             .map_err(|error| PostgresError::io("removing the initdb password file", error))?;
+        self.install_staged(&staged_data)
+    }
 
+    /// Writes the managed settings into a complete staged data dir and renames it onto the
+    /// data dir (rename(2) replaces an empty directory, so a pre-created empty data dir is
+    /// fine), then syncs the parent so the rename survives a crash.
+    fn install_staged(&self, staged_data: &Path) -> Result<(), PostgresError> {
         let settings = conf_files::render(&self.config, &self.extra_settings.lock())?;
         conf_files::write_atomically(
             &staged_data.join(conf_files::MANAGED_FILE_NAME),
@@ -341,10 +356,8 @@ impl PostgresServer {
             &self.account,
         )?;
         conf_files::ensure_include(&staged_data.join("postgresql.conf"))?;
-
-        // rename(2) replaces an empty directory, so a pre-created empty data dir is fine.
         let data_dir = &self.config.data_dir;
-        std::fs::rename(&staged_data, data_dir).map_err(|error| {
+        std::fs::rename(staged_data, data_dir).map_err(|error| {
             PostgresError::DataDirNotWritable {
                 path: data_dir.clone(),
                 reason: format!("cannot move the new cluster into place: {error}"),
@@ -951,6 +964,16 @@ fn check_port_free(listen_address: &str, port: u16) -> Result<(), PostgresError>
         }
     }
     Ok(())
+}
+
+/// Removes a staging directory; failing to is only worth a warning (the next attempt removes
+/// it, and it is hidden and outside the data dir).
+fn remove_staging_directory(staging: &Path) {
+    if let Err(error) = std::fs::remove_dir_all(staging)
+        && error.kind() != std::io::ErrorKind::NotFound
+    {
+        warn!(path = %staging.display(), %error, "could not remove a staging directory");
+    }
 }
 
 fn remove_if_present(path: &Path) -> Result<(), PostgresError> {
