@@ -13,12 +13,14 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use serde::{Deserialize, Serialize};
-use tessera_tablet::postgres::PostgresConfig;
-use tessera_tablet::{InitialRole, Tablet, TabletConfig};
+use tessera_tablet::postgres::{PostgresConfig, PostgresError};
+use tessera_tablet::{InitialRole, Tablet, TabletConfig, TabletError};
 use tessera_topology::{TopoError, Topology};
 
 use super::config::{ComponentConfig, ConfigArgs, ConfigError, validate_topology_url};
@@ -264,6 +266,32 @@ pub async fn claim_initial_role(
     })
 }
 
+/// How long a starting tablet waits for a PostgreSQL that still holds its data dir to exit.
+/// Why: when a tablet process is killed, its server gets a parent-death signal (immediate
+/// shutdown) but needs a moment to exit; a supervisor restarting the tablet at once would
+/// otherwise find the data dir in use and give up.
+pub const PREVIOUS_SERVER_GRACE: Duration = Duration::from_secs(15);
+
+/// Opens the tablet, waiting (bounded) for a previous incarnation's PostgreSQL to exit.
+async fn open_tablet(config: &TabletConfig) -> Result<Arc<Tablet>, TabletError> {
+    let deadline = tokio::time::Instant::now() + PREVIOUS_SERVER_GRACE;
+    let mut logged = false;
+    loop {
+        match Tablet::open(config.clone()).await {
+            Err(TabletError::Postgres(PostgresError::DataDirInUse { pid, .. }))
+                if tokio::time::Instant::now() < deadline =>
+            {
+                if !logged {
+                    tracing::warn!(tablet = %config.id, pid, "the data dir is still used by a PostgreSQL (a previous run of this tablet?); waiting for it to exit");
+                    logged = true;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
 /// Warns when another process registered the same tablet id with another address: two
 /// processes sharing an id would take turns overwriting the registration.
 async fn warn_on_identity_clash(topology: &Topology, config: &TabletConfig) {
@@ -305,7 +333,7 @@ pub async fn run(args: TabletArgs) -> anyhow::Result<()> {
     config.tablet.initial_role = role;
     tracing::info!(tablet = %id, keyspace = %config.tablet.keyspace, shard = %config.tablet.shard, ?role,
         "initial role from the shard record (provisional bootstrap until consensus)");
-    let tablet = Tablet::open(config.tablet.clone())
+    let tablet = open_tablet(&config.tablet)
         .await
         .map_err(|error| anyhow::anyhow!("tablet {id}: {error}"))?;
     warn_on_identity_clash(&topology, &config.tablet).await;
