@@ -6,36 +6,24 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use tessera_gate::sql::{
-    HashFamily, Params, PlanCache, ShardMap, TableInfo, TableKind, VSchema, plan_statement, route,
+    HashFamily, Params, PlanCache, ShardMap, TableInfo, VSchema, plan_statement, route,
 };
 
 fn vschema() -> VSchema {
     let mut vschema = VSchema::new("app", "tenant_id");
     vschema.tables.insert(
         "pgbench_accounts".to_string(),
-        TableInfo {
-            kind: TableKind::Sharded {
-                column: "tenant_id".to_string(),
-                family: HashFamily::Int,
-            },
-            columns: vec![
-                "tenant_id".to_string(),
-                "aid".to_string(),
-                "bid".to_string(),
-                "abalance".to_string(),
-                "filler".to_string(),
-            ],
-        },
+        TableInfo::sharded(
+            "tenant_id",
+            HashFamily::Int,
+            &["tenant_id", "aid", "bid", "abalance", "filler"],
+        ),
     );
     vschema
 }
 
 fn shards() -> ShardMap {
-    ShardMap::new(vec![
-        ("-80".to_string(), 0, Some(0x8000_0000_0000_0000)),
-        ("80-".to_string(), 0x8000_0000_0000_0000, None),
-    ])
-    .expect("valid map")
+    ShardMap::from_range_names(&["-80", "80-"]).expect("valid map")
 }
 
 const POINT_SELECT: &str = "SELECT abalance FROM pgbench_accounts WHERE tenant_id = $1";

@@ -5,7 +5,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use tessera_gate::sql::{
-    HashFamily, Params, PlanCache, Route, ShardMap, TableInfo, TableKind, VSchema, route,
+    HashFamily, Params, PlanCache, Route, ShardMap, TableInfo, VSchema, route,
 };
 
 /// Counts allocations made by the current thread (test threads do not disturb each other).
@@ -46,27 +46,13 @@ fn vschema() -> VSchema {
     let mut vschema = VSchema::new("app", "tenant_id");
     vschema.tables.insert(
         "customers".to_string(),
-        TableInfo {
-            kind: TableKind::Sharded {
-                column: "tenant_id".to_string(),
-                family: HashFamily::Int,
-            },
-            columns: vec![
-                "tenant_id".to_string(),
-                "id".to_string(),
-                "name".to_string(),
-            ],
-        },
+        TableInfo::sharded("tenant_id", HashFamily::Int, &["tenant_id", "id", "name"]),
     );
     vschema
 }
 
 fn shards() -> ShardMap {
-    ShardMap::new(vec![
-        ("-80".to_string(), 0, Some(0x8000_0000_0000_0000)),
-        ("80-".to_string(), 0x8000_0000_0000_0000, None),
-    ])
-    .expect("valid map")
+    ShardMap::from_range_names(&["-80", "80-"]).expect("valid map")
 }
 
 /// Goal: repeated prepared statements (point SELECT, single-row INSERT, UPDATE) hit the cache and

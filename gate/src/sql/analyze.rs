@@ -20,10 +20,10 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    AssignmentTarget, BinaryOperator, Delete, Expr, FromTable, FunctionArg, FunctionArgExpr,
-    FunctionArguments, Ident, Insert, JoinConstraint, JoinOperator, ObjectName, ObjectNamePart,
-    OnConflictAction, OnInsert, Query, Select, SelectItem, SetExpr, Statement, TableFactor,
-    TableObject, TableWithJoins, Update, UpdateTableFromKind, Value, Visit, Visitor,
+    Assignment, AssignmentTarget, BinaryOperator, Delete, Expr, FromTable, FunctionArg,
+    FunctionArgExpr, FunctionArguments, Ident, Insert, JoinConstraint, JoinOperator, ObjectName,
+    ObjectNamePart, OnConflictAction, OnInsert, Query, Select, SelectItem, SetExpr, Statement,
+    TableFactor, TableObject, TableWithJoins, Update, UpdateTableFromKind, Value, Visit, Visitor,
 };
 
 use super::error::{PlanError, UNDEFINED_COLUMN, UNDEFINED_TABLE};
@@ -216,20 +216,20 @@ pub(crate) fn is_aggregate_name(name: &str) -> bool {
     AGGREGATES.contains(&name)
 }
 
-/// Collects the queries directly under a node (not those nested deeper) and facts about the
-/// node's own function calls.
-struct NodeScan {
+/// Walks a node's own expressions (not those inside nested queries) and the queries directly
+/// under it: each SELECT block is analysed on its own, with its own scope.
+struct TopLevel<'f> {
     depth: usize,
-    queries: Vec<Query>,
-    facts: ExpressionFacts,
+    on_expr: &'f mut dyn FnMut(&Expr) -> ControlFlow<()>,
+    on_query: &'f mut dyn FnMut(&Query),
 }
 
-impl Visitor for NodeScan {
+impl Visitor for TopLevel<'_> {
     type Break = ();
 
     fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
         if self.depth == 0 {
-            self.queries.push(query.clone());
+            (self.on_query)(query);
         }
         self.depth += 1;
         ControlFlow::Continue(())
@@ -241,18 +241,38 @@ impl Visitor for NodeScan {
     }
 
     fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
-        if self.depth == 0
-            && let Expr::Function(function) = expr
-        {
-            if function.over.is_some() {
-                self.facts.window = true;
-            } else if is_aggregate_name(&function_name(&function.name))
-                || !function.within_group.is_empty()
-            {
-                self.facts.aggregate = true;
-            }
+        if self.depth == 0 {
+            (self.on_expr)(expr)
+        } else {
+            ControlFlow::Continue(())
         }
-        ControlFlow::Continue(())
+    }
+}
+
+/// Calls `on_expr` for every expression of `node` outside nested queries (stopping at the first
+/// `Break`) and `on_query` for every query directly under `node`.
+pub(crate) fn visit_top_level<V: Visit>(
+    node: &V,
+    on_expr: &mut dyn FnMut(&Expr) -> ControlFlow<()>,
+    on_query: &mut dyn FnMut(&Query),
+) {
+    let mut visitor = TopLevel {
+        depth: 0,
+        on_expr,
+        on_query,
+    };
+    let _ = node.visit(&mut visitor);
+}
+
+/// True for a call of a built-in aggregate (or an ordered-set aggregate) that is not a window.
+pub(crate) fn is_aggregate_call(expr: &Expr) -> bool {
+    match expr {
+        Expr::Function(function) => {
+            function.over.is_none()
+                && (is_aggregate_name(&function_name(&function.name))
+                    || !function.within_group.is_empty())
+        }
+        _ => false,
     }
 }
 
@@ -702,16 +722,25 @@ impl<'v> Analyzer<'v> {
         scope: usize,
         context: Context,
     ) -> Result<ExpressionFacts, PlanError> {
-        let mut scan = NodeScan {
-            depth: 0,
-            queries: Vec::new(),
-            facts: ExpressionFacts::default(),
-        };
-        let _ = node.visit(&mut scan);
-        for query in &scan.queries {
+        let mut facts = ExpressionFacts::default();
+        let mut queries = Vec::new();
+        visit_top_level(
+            node,
+            &mut |expr| {
+                if let Expr::Function(function) = expr
+                    && function.over.is_some()
+                {
+                    facts.window = true;
+                }
+                facts.aggregate |= is_aggregate_call(expr);
+                ControlFlow::Continue(())
+            },
+            &mut |query| queries.push(query.clone()),
+        );
+        for query in &queries {
             self.analyze_query(query, Some(scope), context.nested())?;
         }
-        Ok(scan.facts)
+        Ok(facts)
     }
 
     /// Resolves a column reference to `(scope, relation index, column)`.
@@ -1339,17 +1368,8 @@ impl<'v> Analyzer<'v> {
         let target_table = self.target_table_name(&update.table.relation);
         if let RelationKind::Sharded(instance) = target.kind {
             let column = self.instances[instance].column.clone();
-            for assignment in &update.assignments {
-                let names: Vec<&ObjectName> = match &assignment.target {
-                    AssignmentTarget::ColumnName(name) => vec![name],
-                    AssignmentTarget::Tuple(names) => names.iter().collect(),
-                };
-                if names
-                    .iter()
-                    .any(|name| last_ident(name) == Some(column.clone()))
-                {
-                    return Err(sharding_column_change_error(&target_table, &column));
-                }
+            if assigns_column(&update.assignments, &column) {
+                return Err(sharding_column_change_error(&target_table, &column));
             }
         }
         for assignment in &update.assignments {
@@ -1454,19 +1474,9 @@ impl<'v> Analyzer<'v> {
         if let Some(OnInsert::OnConflict(on_conflict)) = &insert.on {
             if let (Some((column, _)), OnConflictAction::DoUpdate(update)) =
                 (info.sharding(), &on_conflict.action)
+                && assigns_column(&update.assignments, column)
             {
-                for assignment in &update.assignments {
-                    let names: Vec<&ObjectName> = match &assignment.target {
-                        AssignmentTarget::ColumnName(name) => vec![name],
-                        AssignmentTarget::Tuple(names) => names.iter().collect(),
-                    };
-                    if names
-                        .iter()
-                        .any(|name| last_ident(name).as_deref() == Some(column))
-                    {
-                        return Err(sharding_column_change_error(&key, column));
-                    }
-                }
+                return Err(sharding_column_change_error(&key, column));
             }
             self.scan(on_conflict, target_scope, Context::Outer)?;
         } else if insert.on.is_some() {
@@ -1705,6 +1715,19 @@ fn last_ident(name: &ObjectName) -> Option<String> {
         Some(ObjectNamePart::Identifier(ident)) => Some(normalize_ident(ident)),
         _ => None,
     }
+}
+
+/// Whether any `SET` target of `assignments` is `column`.
+fn assigns_column(assignments: &[Assignment], column: &str) -> bool {
+    assignments.iter().any(|assignment| {
+        let names: &[ObjectName] = match &assignment.target {
+            AssignmentTarget::ColumnName(name) => std::slice::from_ref(name),
+            AssignmentTarget::Tuple(names) => names,
+        };
+        names
+            .iter()
+            .any(|name| last_ident(name).as_deref() == Some(column))
+    })
 }
 
 fn sharding_column_change_error(table: &str, column: &str) -> PlanError {

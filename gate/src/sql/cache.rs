@@ -278,19 +278,13 @@ impl PlanCache {
 mod tests {
     use super::*;
     use crate::sql::plan::Target;
-    use crate::sql::vschema::{HashFamily, TableInfo, TableKind};
+    use crate::sql::vschema::{HashFamily, TableInfo};
 
     fn vschema() -> VSchema {
         let mut vschema = VSchema::new("app", "tenant_id");
         vschema.tables.insert(
             "t".to_string(),
-            TableInfo {
-                kind: TableKind::Sharded {
-                    column: "tenant_id".to_string(),
-                    family: HashFamily::Int,
-                },
-                columns: vec!["tenant_id".to_string(), "x".to_string()],
-            },
+            TableInfo::sharded("tenant_id", HashFamily::Int, &["tenant_id", "x"]),
         );
         vschema
     }
@@ -363,10 +357,7 @@ mod tests {
         assert!(cache.get_query(sql, &vschema).is_err(), "u is unknown");
         vschema.apply(&crate::sql::plan::SchemaEffect::CreateTable {
             name: "u".to_string(),
-            info: TableInfo {
-                kind: TableKind::Reference,
-                columns: vec!["a".to_string()],
-            },
+            info: TableInfo::reference(&["a"]),
             if_not_exists: false,
         });
         let plans = cache.get_query(sql, &vschema).expect("u exists now");

@@ -12,29 +12,11 @@ use super::vschema::{TableKind, VSchema};
 const GOLDEN: &str = include_str!("../../testdata/routing.txt");
 
 fn two_shards() -> ShardMap {
-    ShardMap::new(vec![
-        ("-80".to_string(), 0, Some(0x8000_0000_0000_0000)),
-        ("80-".to_string(), 0x8000_0000_0000_0000, None),
-    ])
-    .expect("valid 2-shard map")
+    ShardMap::from_range_names(&["-80", "80-"]).expect("valid 2-shard map")
 }
 
 fn four_shards() -> ShardMap {
-    ShardMap::new(vec![
-        ("-40".to_string(), 0, Some(0x4000_0000_0000_0000)),
-        (
-            "40-80".to_string(),
-            0x4000_0000_0000_0000,
-            Some(0x8000_0000_0000_0000),
-        ),
-        (
-            "80-c0".to_string(),
-            0x8000_0000_0000_0000,
-            Some(0xc000_0000_0000_0000),
-        ),
-        ("c0-".to_string(), 0xc000_0000_0000_0000, None),
-    ])
-    .expect("valid 4-shard map")
+    ShardMap::from_range_names(&["-40", "40-80", "80-c0", "c0-"]).expect("valid 4-shard map")
 }
 
 /// One case of the golden file.

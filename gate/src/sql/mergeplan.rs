@@ -7,10 +7,13 @@ use std::ops::ControlFlow;
 use sqlparser::ast::{
     DuplicateTreatment, Expr, FunctionArguments, GroupByExpr, LimitClause, ObjectNamePart,
     OrderByKind, OrderBySort, Query, Select, SelectItem, SelectItemQualifiedWildcardKind, Value,
-    Visit, Visitor, WindowType,
+    Visit, WindowType,
 };
 
-use super::analyze::{Analyzer, Context, function_name, is_aggregate_name, normalize_ident};
+use super::analyze::{
+    Analyzer, Context, function_name, is_aggregate_call, is_aggregate_name, normalize_ident,
+    visit_top_level,
+};
 use super::error::PlanError;
 use super::merge::{ColumnMerge, MergePlan, SortKey};
 
@@ -22,40 +25,6 @@ struct OutputColumn<'q> {
     name: String,
     /// `(scope, relation, column)` when the column is a plain column reference.
     identity: Option<(usize, usize, String)>,
-}
-
-/// Finds window functions directly in a node (not in nested queries).
-struct WindowScan {
-    depth: usize,
-    /// PARTITION BY of each window function found (`None` for a named window).
-    found: Vec<Option<Vec<Expr>>>,
-}
-
-impl Visitor for WindowScan {
-    type Break = ();
-
-    fn pre_visit_query(&mut self, _query: &Query) -> ControlFlow<()> {
-        self.depth += 1;
-        ControlFlow::Continue(())
-    }
-
-    fn post_visit_query(&mut self, _query: &Query) -> ControlFlow<()> {
-        self.depth -= 1;
-        ControlFlow::Continue(())
-    }
-
-    fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
-        if self.depth == 0
-            && let Expr::Function(function) = expr
-            && let Some(over) = &function.over
-        {
-            self.found.push(match over {
-                WindowType::WindowSpec(spec) => Some(spec.partition_by.clone()),
-                WindowType::NamedWindow(_) => None,
-            });
-        }
-        ControlFlow::Continue(())
-    }
 }
 
 /// Output name PostgreSQL gives an unaliased select-list expression.
@@ -128,40 +97,21 @@ fn aggregate_merge(expr: &Expr) -> Result<Option<ColumnMerge>, PlanError> {
     }
 }
 
+/// Whether `node` calls an aggregate outside nested queries.
 fn contains_aggregate<V: Visit>(node: &V) -> bool {
-    struct Finder {
-        depth: usize,
-        found: bool,
-    }
-    impl Visitor for Finder {
-        type Break = ();
-        fn pre_visit_query(&mut self, _query: &Query) -> ControlFlow<()> {
-            self.depth += 1;
-            ControlFlow::Continue(())
-        }
-        fn post_visit_query(&mut self, _query: &Query) -> ControlFlow<()> {
-            self.depth -= 1;
-            ControlFlow::Continue(())
-        }
-        fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
-            if self.depth == 0
-                && let Expr::Function(function) = expr
-                && function.over.is_none()
-                && (is_aggregate_name(&function_name(&function.name))
-                    || !function.within_group.is_empty())
-            {
-                self.found = true;
+    let mut found = false;
+    visit_top_level(
+        node,
+        &mut |expr| {
+            if is_aggregate_call(expr) {
+                found = true;
                 return ControlFlow::Break(());
             }
             ControlFlow::Continue(())
-        }
-    }
-    let mut finder = Finder {
-        depth: 0,
-        found: false,
-    };
-    let _ = node.visit(&mut finder);
-    finder.found
+        },
+        &mut |_| {},
+    );
+    found
 }
 
 /// LIMIT and OFFSET as constants.
@@ -221,15 +171,24 @@ impl Analyzer<'_> {
 
     /// Window functions are fine per shard only when partitioned by the sharding column.
     fn check_windows(&self, select: &Select, query: &Query, scope: usize) -> Result<(), PlanError> {
-        let mut scan = WindowScan {
-            depth: 0,
-            found: Vec::new(),
+        // PARTITION BY of each window function (`None` for a named window).
+        let mut partitions: Vec<Option<Vec<Expr>>> = Vec::new();
+        let mut collect = |expr: &Expr| {
+            if let Expr::Function(function) = expr
+                && let Some(over) = &function.over
+            {
+                partitions.push(match over {
+                    WindowType::WindowSpec(spec) => Some(spec.partition_by.clone()),
+                    WindowType::NamedWindow(_) => None,
+                });
+            }
+            ControlFlow::Continue(())
         };
-        let _ = select.projection.visit(&mut scan);
+        visit_top_level(&select.projection, &mut collect, &mut |_| {});
         if let Some(order_by) = &query.order_by {
-            let _ = order_by.visit(&mut scan);
+            visit_top_level(order_by, &mut collect, &mut |_| {});
         }
-        for partition in scan.found {
+        for partition in partitions {
             let partitioned_by_key = partition.is_some_and(|expressions| {
                 expressions
                     .iter()

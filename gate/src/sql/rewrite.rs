@@ -80,23 +80,13 @@ pub fn rewrite_insert(
 mod tests {
     use super::*;
     use crate::sql::plan::{KeyValue, Target, plan_statement};
-    use crate::sql::vschema::{HashFamily, TableInfo, TableKind, VSchema};
+    use crate::sql::vschema::{HashFamily, TableInfo, VSchema};
 
     fn vschema() -> VSchema {
         let mut vschema = VSchema::new("app", "tenant_id");
         vschema.tables.insert(
             "customers".to_string(),
-            TableInfo {
-                kind: TableKind::Sharded {
-                    column: "tenant_id".to_string(),
-                    family: HashFamily::Int,
-                },
-                columns: vec![
-                    "tenant_id".to_string(),
-                    "id".to_string(),
-                    "name".to_string(),
-                ],
-            },
+            TableInfo::sharded("tenant_id", HashFamily::Int, &["tenant_id", "id", "name"]),
         );
         vschema
     }

@@ -381,7 +381,7 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
     use crate::sql::plan::plan_statement;
-    use crate::sql::vschema::{TableInfo, TableKind, VSchema};
+    use crate::sql::vschema::{TableInfo, VSchema};
 
     fn vschema() -> VSchema {
         let mut vschema = VSchema::new("app", "tenant_id");
@@ -392,13 +392,7 @@ mod tests {
         ] {
             vschema.tables.insert(
                 name.to_string(),
-                TableInfo {
-                    kind: TableKind::Sharded {
-                        column: "tenant_id".to_string(),
-                        family,
-                    },
-                    columns: vec!["tenant_id".to_string(), "x".to_string()],
-                },
+                TableInfo::sharded("tenant_id", family, &["tenant_id", "x"]),
             );
         }
         vschema
@@ -416,6 +410,15 @@ mod tests {
                 .collect(),
         )
         .expect("valid map")
+    }
+
+    /// All-text parameters.
+    fn text_params<'a>(values: &'a [Option<&'a [u8]>]) -> Params<'a> {
+        Params {
+            values,
+            formats: &[],
+            types: &[],
+        }
     }
 
     fn route_sql(sql: &str, params: &Params, shard_count: u64) -> Result<Route, PlanError> {
@@ -474,11 +477,7 @@ mod tests {
     #[test]
     fn text_array_parameter_routes_like_literal_keys() {
         let values = [Some(&b"{3, 9,NULL}"[..])];
-        let params = Params {
-            values: &values,
-            formats: &[],
-            types: &[],
-        };
+        let params = text_params(&values);
         assert_eq!(
             route_sql("SELECT * FROM t WHERE tenant_id = ANY($1)", &params, 8),
             route_sql(
@@ -489,22 +488,14 @@ mod tests {
         );
         for empty in [Some(&b"{}"[..]), None] {
             let values = [empty];
-            let params = Params {
-                values: &values,
-                formats: &[],
-                types: &[],
-            };
+            let params = text_params(&values);
             assert_eq!(
                 route_sql("SELECT * FROM t WHERE tenant_id = ANY($1)", &params, 8),
                 Ok(Route::Single(0))
             );
         }
         let values = [Some(&b"{1,x}"[..])];
-        let params = Params {
-            values: &values,
-            formats: &[],
-            types: &[],
-        };
+        let params = text_params(&values);
         assert_eq!(
             route_sql("SELECT * FROM t WHERE tenant_id = ANY($1)", &params, 8)
                 .map_err(|e| e.sqlstate),

@@ -32,6 +32,9 @@ pub enum ShardMapError {
     /// Two shards share a name.
     #[error("shard name {name} appears twice")]
     DuplicateName { name: String },
+    /// A shard name is not a Vitess-style key range name.
+    #[error("shard name {name} is not a key range: {reason}")]
+    BadRangeName { name: String, reason: String },
 }
 
 /// One serving shard: its name and half-open key range `[start, end)`.
@@ -112,6 +115,24 @@ impl ShardMap {
         Ok(ShardMap { shards })
     }
 
+    /// Builds a shard map from Vitess-style range names (`-80`, `80-`, ...), each shard named
+    /// after its range.
+    pub fn from_range_names(names: &[&str]) -> Result<Self, ShardMapError> {
+        let mut shards = Vec::with_capacity(names.len());
+        for name in names {
+            let range: tessera_proto::keyrange::KeyRange =
+                name.parse()
+                    .map_err(|error: tessera_proto::keyrange::KeyRangeParseError| {
+                        ShardMapError::BadRangeName {
+                            name: name.to_string(),
+                            reason: error.to_string(),
+                        }
+                    })?;
+            shards.push((name.to_string(), range.start, range.end));
+        }
+        ShardMap::new(shards)
+    }
+
     /// Number of serving shards (at least 1).
     pub fn len(&self) -> usize {
         self.shards.len()
@@ -165,12 +186,7 @@ mod tests {
     /// Goal: keyspace IDs at and around range boundaries go to the owning shard.
     #[test]
     fn shard_for_respects_half_open_ranges() {
-        let shards = map(&[
-            ("80-", 0x8000_0000_0000_0000, None),
-            ("-40", 0, Some(0x4000_0000_0000_0000)),
-            ("40-80", 0x4000_0000_0000_0000, Some(0x8000_0000_0000_0000)),
-        ])
-        .expect("valid map");
+        let shards = ShardMap::from_range_names(&["80-", "-40", "40-80"]).expect("valid map");
         assert_eq!(shards.name(0), "-40");
         assert_eq!(shards.name(shards.shard_for(0)), "-40");
         assert_eq!(shards.name(shards.shard_for(0x3fff_ffff_ffff_ffff)), "-40");
@@ -220,5 +236,13 @@ mod tests {
             Err(ShardMapError::DuplicateName { .. })
         ));
         assert!(map(&[("-", 0, None)]).is_ok());
+        assert!(matches!(
+            ShardMap::from_range_names(&["-8x", "80-"]),
+            Err(ShardMapError::BadRangeName { .. })
+        ));
+        assert!(matches!(
+            ShardMap::from_range_names(&["-40", "80-"]),
+            Err(ShardMapError::NotContiguous { .. })
+        ));
     }
 }

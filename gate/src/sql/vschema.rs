@@ -34,6 +34,25 @@ pub struct TableInfo {
 }
 
 impl TableInfo {
+    /// A table sharded by `column` (hashed with `family`) with these columns in table order.
+    pub fn sharded(column: &str, family: HashFamily, columns: &[&str]) -> Self {
+        TableInfo {
+            kind: TableKind::Sharded {
+                column: column.to_string(),
+                family,
+            },
+            columns: columns.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    /// A reference table (a copy on every shard) with these columns in table order.
+    pub fn reference(columns: &[&str]) -> Self {
+        TableInfo {
+            kind: TableKind::Reference,
+            columns: columns.iter().map(ToString::to_string).collect(),
+        }
+    }
+
     /// The sharding column and family, if the table is sharded.
     pub fn sharding(&self) -> Option<(&str, HashFamily)> {
         match &self.kind {
@@ -158,13 +177,7 @@ mod tests {
         let mut vschema = VSchema::new("app", "tenant_id");
         vschema.tables.insert(
             "customers".to_string(),
-            TableInfo {
-                kind: TableKind::Sharded {
-                    column: "tenant_id".to_string(),
-                    family: HashFamily::Uuid,
-                },
-                columns: vec!["tenant_id".to_string(), "id".to_string()],
-            },
+            TableInfo::sharded("tenant_id", HashFamily::Uuid, &["tenant_id", "id"]),
         );
         let json = serde_json::to_string(&vschema).expect("serialise");
         let back: VSchema = serde_json::from_str(&json).expect("deserialise");
@@ -175,10 +188,7 @@ mod tests {
     #[test]
     fn apply_effects_changes_tables_and_version() {
         let mut vschema = VSchema::new("app", "tenant_id");
-        let info = TableInfo {
-            kind: TableKind::Reference,
-            columns: vec!["id".to_string()],
-        };
+        let info = TableInfo::reference(&["id"]);
         vschema.apply(&SchemaEffect::CreateTable {
             name: "plans".to_string(),
             info: info.clone(),
