@@ -14,7 +14,8 @@ use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Token, Tokenizer};
 
 use super::analyze;
-use super::error::{INSUFFICIENT_PRIVILEGE, PlanError, SYNTAX_ERROR};
+pub use super::error::PlanError;
+use super::error::{INSUFFICIENT_PRIVILEGE, SYNTAX_ERROR};
 pub use super::merge::MergePlan;
 use super::vschema::{HashFamily, TableInfo, TableKind, VSchema};
 
