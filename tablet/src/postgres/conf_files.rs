@@ -146,14 +146,16 @@ fn quote_value(value: &str) -> String {
 /// The replication role settings of one server, as stored in [`REPLICATION_FILE_NAME`].
 #[derive(Clone, Default, PartialEq, Eq)]
 pub(crate) struct ReplicationSettings {
-    /// Where the WAL receiver streams from; empty: nowhere. Contains the password.
+    /// Where the WAL receiver streams from; empty: nowhere. Never contains a password
+    /// (PostgreSQL logs changed values at reload): it names a password file.
     pub primary_conninfo: String,
     /// Standbys whose acknowledgement commits wait for; empty: none.
     pub synchronous_standby_names: String,
 }
 
 impl std::fmt::Debug for ReplicationSettings {
-    /// The conninfo holds the password, so only whether it is set is shown.
+    /// Only whether the conninfo is set is shown: it is long and names files, and whoever
+    /// writes one by hand might put a password in it.
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter
             .debug_struct("ReplicationSettings")
@@ -234,8 +236,7 @@ pub(crate) fn read_replication(data_dir: &Path) -> Result<ReplicationSettings, P
     }
 }
 
-/// Writes the replication settings into `data_dir` atomically, mode 0600 (the conninfo holds
-/// the password).
+/// Writes the replication settings into `data_dir` atomically, mode 0600.
 pub(crate) fn write_replication(
     data_dir: &Path,
     settings: &ReplicationSettings,

@@ -9,9 +9,11 @@
 //!   primary becoming a standby needs a restart.
 //! - **Replication settings live in `tessera-replication.conf`**, included at the end of
 //!   `tessera.conf` and written only by these operations, so a tablet restart keeps the role
-//!   ([`super::conf_files`]). The WAL receiver's password is in that file (mode 0600, never
-//!   logged; PostgreSQL masks it in `pg_stat_wal_receiver`); tools get it through a temporary
-//!   password file, never on a command line.
+//!   ([`super::conf_files`]).
+//! - **Passwords stay out of settings, command lines and logs.** PostgreSQL logs every changed
+//!   setting's new value at reload (`parameter "primary_conninfo" changed to "..."`), so the
+//!   WAL receiver's conninfo names a password file instead (`passfile=`, a file in the data
+//!   dir, mode 0600); tools get a temporary password file next to the data dir.
 //! - **A reload is waited for, not assumed.** Every change returns only once the server shows
 //!   the new value, so "after this call" means what it says.
 //! - **Standby identity** is `application_name` in `primary_conninfo`, the tablet id, which is
@@ -34,6 +36,11 @@ use super::{PostgresServer, StopMode, TAIL_LINES, read_log_since, tail};
 
 /// The file whose presence makes PostgreSQL start as a standby.
 const STANDBY_SIGNAL: &str = "standby.signal";
+
+/// The WAL receiver's password file, in the data dir. Named relative to the data dir, which is
+/// every PostgreSQL process's working directory, so the conninfo stays valid in copies of the
+/// data dir made elsewhere.
+const RECEIVER_PASSWORD_FILE: &str = "tessera-replication.pgpass";
 
 /// How long a reload may take to become visible before it counts as failed.
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
@@ -128,15 +135,15 @@ impl ReplicationSource {
         Ok(())
     }
 
-    /// The WAL receiver's connection string, password included: written only to the
-    /// replication file.
+    /// The WAL receiver's connection string. The password is read from
+    /// [`RECEIVER_PASSWORD_FILE`], never part of the setting (which PostgreSQL logs).
     fn receiver_conninfo(&self) -> String {
         let port = self.port.to_string();
         tools::conninfo(&[
             ("host", &self.host),
             ("port", &port),
             ("user", &self.user),
-            ("password", &self.password),
+            ("passfile", RECEIVER_PASSWORD_FILE),
             ("application_name", &self.application_name),
             ("connect_timeout", "10"),
         ])
@@ -372,7 +379,8 @@ impl PostgresServer {
                 output_tail: tail(&output.text, TAIL_LINES),
             });
         }
-        // The copy carries the source's replication file; this server's own replaces it.
+        // The copy carries the source's replication files; this server's own replace them.
+        write_receiver_password(&staged_data, Some(source), &self.account)?;
         conf_files::write_replication(
             &staged_data,
             &ReplicationSettings {
@@ -406,6 +414,7 @@ impl PostgresServer {
         let _lifecycle = self.lifecycle.lock().await;
         self.require_standby("follow").await?;
         let conninfo = source.receiver_conninfo();
+        write_receiver_password(&self.config.data_dir, Some(source), &self.account)?;
         self.update_replication(|settings| settings.primary_conninfo = conninfo.clone())?;
         self.reload_until(&[("primary_conninfo", &conninfo)])
             .await?;
@@ -426,11 +435,11 @@ impl PostgresServer {
         let _lifecycle = self.lifecycle.lock().await;
         self.require_standby("stop_following").await?;
         self.update_replication(|settings| settings.primary_conninfo.clear())?;
-        if self.pid().is_none() {
-            return Ok(());
+        if self.pid().is_some() {
+            self.reload_until(&[("primary_conninfo", "")]).await?;
+            self.wait_receiver_gone(timeout).await?;
         }
-        self.reload_until(&[("primary_conninfo", "")]).await?;
-        self.wait_receiver_gone(timeout).await?;
+        write_receiver_password(&self.config.data_dir, None, &self.account)?;
         info!("standby stopped following: no WAL receiver runs");
         Ok(())
     }
@@ -561,6 +570,7 @@ impl PostgresServer {
         // A primary has no upstream; a stale one would be followed after a later demotion.
         self.update_replication(|settings| settings.primary_conninfo.clear())?;
         self.reload().await?;
+        write_receiver_password(&self.config.data_dir, None, &self.account)?;
         let timeline = query_position(&client).await?.position.timeline;
         info!(timeline, "promoted to primary");
         Ok(timeline)
@@ -585,11 +595,15 @@ impl PostgresServer {
         if self.pid().is_some() {
             let client = self.connect("postgres").await?;
             if is_in_recovery(&client).await? {
+                if source.is_some() {
+                    write_receiver_password(&self.config.data_dir, source, &self.account)?;
+                }
                 self.update_replication(|settings| settings.primary_conninfo = conninfo.clone())?;
                 self.reload_until(&[("primary_conninfo", &conninfo)])
                     .await?;
-                if conninfo.is_empty() {
+                if source.is_none() {
                     self.wait_receiver_gone(RELOAD_TIMEOUT).await?;
+                    write_receiver_password(&self.config.data_dir, None, &self.account)?;
                 }
                 info!(source = ?source.map(ReplicationSource::address), "already a standby; changed its upstream");
                 return Ok(());
@@ -604,6 +618,7 @@ impl PostgresServer {
             });
         }
         write_signal_file(&self.config.data_dir, STANDBY_SIGNAL, &self.account)?;
+        write_receiver_password(&self.config.data_dir, source, &self.account)?;
         self.update_replication(|settings| settings.primary_conninfo = conninfo)?;
         self.start_locked().await?;
         let client = self.connect("postgres").await?;
@@ -637,6 +652,9 @@ impl PostgresServer {
                 path: data_dir.clone(),
             });
         }
+        // After a crash, orphaned backends may still hold the data dir; pg_rewind's crash
+        // recovery would refuse to start, and a data dir still in use must never be rewound.
+        self.clear_stale_lock_files().await?;
         let own_settings = conf_files::read_replication(data_dir)?;
         let state = self.control_state().await?;
         if !is_clean_shutdown(&state) {
@@ -667,6 +685,7 @@ impl PostgresServer {
         // pg_rewind copied the source's configuration files; this server's own replace them
         // (tessera.conf is rewritten by the start).
         write_signal_file(data_dir, STANDBY_SIGNAL, &self.account)?;
+        write_receiver_password(data_dir, Some(source), &self.account)?;
         conf_files::write_replication(
             data_dir,
             &ReplicationSettings {
@@ -776,6 +795,7 @@ impl PostgresServer {
         source: &ReplicationSource,
         extra_args: Vec<OsString>,
     ) -> Result<tools::ToolOutput, PostgresError> {
+        ensure_timeline_in_control_file(source).await?;
         let password_file = PasswordFile::create(
             self.sibling_path("pgpass")?,
             &source.password,
@@ -1000,17 +1020,18 @@ impl PostgresServer {
             if applied {
                 return Ok(());
             }
-            if Instant::now() >= deadline {
-                let log = read_log_since(&self.config.log_file, log_offset);
-                for (name, _) in expected {
-                    let marker = format!("parameter \"{name}\"");
-                    if let Some(line) = log.lines().find(|line| line.contains(&marker)) {
-                        return Err(PostgresError::InvalidSetting {
-                            name: name.to_string(),
-                            reason: format!("PostgreSQL rejected it: {}", line.trim()),
-                        });
-                    }
+            // The postmaster logs a rejected value and keeps the old one.
+            let log = read_log_since(&self.config.log_file, log_offset);
+            for (name, _) in expected {
+                let marker = format!("invalid value for parameter \"{name}\"");
+                if let Some(line) = log.lines().find(|line| line.contains(&marker)) {
+                    return Err(PostgresError::InvalidSetting {
+                        name: name.to_string(),
+                        reason: format!("PostgreSQL rejected it: {}", line.trim()),
+                    });
                 }
+            }
+            if Instant::now() >= deadline {
                 return Err(PostgresError::ReplicationTimeout {
                     what: format!(
                         "reloading {}",
@@ -1117,6 +1138,40 @@ async fn query_position(client: &tokio_postgres::Client) -> Result<PositionSampl
     })
 }
 
+/// Makes sure a primary `source` records its current timeline in its control file.
+///
+/// PostgreSQL 15's pg_rewind takes the source's timeline from the last checkpoint in the
+/// source's control file (16 also looks at the minimum recovery point). A just-promoted server
+/// records its new timeline there only when its first checkpoint completes, and that one is
+/// spread over minutes; until then pg_rewind sees both servers on the old timeline and answers
+/// "no rewind required" for a server that did diverge. A CHECKPOINT on the source closes the
+/// window (Patroni does the same).
+async fn ensure_timeline_in_control_file(source: &ReplicationSource) -> Result<(), PostgresError> {
+    let client = source.connect().await?;
+    let position = query_position(&client).await?.position;
+    if position.is_standby {
+        return Ok(());
+    }
+    let recorded: i32 = client
+        .query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[])
+        .await
+        .map_err(query_failed("reading the source's checkpoint timeline"))?
+        .get(0);
+    if i64::from(recorded) < i64::from(position.timeline) {
+        info!(
+            source = %source.address(),
+            recorded_timeline = recorded,
+            timeline = position.timeline,
+            "checkpointing the just-promoted source so that pg_rewind sees its timeline"
+        );
+        client
+            .batch_execute("CHECKPOINT")
+            .await
+            .map_err(query_failed("checkpoint on the rewind source"))?;
+    }
+    Ok(())
+}
+
 /// The timeline history leading to `timeline`, read on the server behind `client`.
 async fn read_history(
     client: &tokio_postgres::Client,
@@ -1165,6 +1220,24 @@ fn display_lsn(lsn: Option<Lsn>) -> String {
 /// Whether pg_controldata's cluster state is a clean shutdown (of a primary or a standby).
 fn is_clean_shutdown(state: &str) -> bool {
     matches!(state, "shut down" | "shut down in recovery")
+}
+
+/// Writes the WAL receiver's password file for `source` into `data_dir`, or removes it when
+/// there is no source.
+fn write_receiver_password(
+    data_dir: &Path,
+    source: Option<&ReplicationSource>,
+    account: &super::account::ServerAccount,
+) -> Result<(), PostgresError> {
+    let path = data_dir.join(RECEIVER_PASSWORD_FILE);
+    match source {
+        Some(source) => conf_files::write_atomically(
+            &path,
+            &tools::password_file_contents(&source.password),
+            account,
+        ),
+        None => super::remove_if_present(&path),
+    }
 }
 
 /// Creates an empty marker file (like `standby.signal`) owned by the account, durably.

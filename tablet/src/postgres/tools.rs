@@ -105,13 +105,14 @@ impl PasswordFile {
         password: &str,
         account: &ServerAccount,
     ) -> Result<PasswordFile, PostgresError> {
-        conf_files::write_atomically(
-            &path,
-            &format!("*:*:*:*:{}\n", escape_password_file_field(password)),
-            account,
-        )?;
+        conf_files::write_atomically(&path, &password_file_contents(password), account)?;
         Ok(PasswordFile { path })
     }
+}
+
+/// A libpq password file offering `password` for every host, port, database and user.
+pub(crate) fn password_file_contents(password: &str) -> String {
+    format!("*:*:*:*:{}\n", escape_password_file_field(password))
 }
 
 impl Drop for PasswordFile {
