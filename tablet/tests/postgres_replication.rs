@@ -360,6 +360,11 @@ async fn demoted_primary_follows_the_promoted_standby() {
         .await
         .expect_err("a demoted primary accepted a write");
     assert_eq!(refused.code(), Some(&SqlState::READ_ONLY_SQL_TRANSACTION));
+    // It has streamed nothing since its restart: only the startup process waiting for more
+    // WAL tells that its replay is complete.
+    let replayed = a.wait_replay_caught_up(SHORT_WAIT).await.unwrap();
+    assert_eq!(replayed.flushed_lsn, None);
+    assert!(replayed.replayed_lsn.is_some());
 
     b.stop_following(SHORT_WAIT).await.unwrap();
     b.wait_replay_caught_up(SHORT_WAIT).await.unwrap();

@@ -1,5 +1,7 @@
 //! One real PostgreSQL 15 server owned by a tablet: initialise, configure, start, stop, restart,
-//! adopt an existing data dir, notice unexpected exits, and open control connections.
+//! adopt an existing data dir, notice unexpected exits, and open control connections; and its
+//! streaming replication (standby from a base backup, follow, promote, demote, rewind,
+//! synchronous standbys, WAL positions; see [`replication`]).
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), tessera_tablet::postgres::PostgresError> {
@@ -18,13 +20,13 @@
 //! Decisions (see also docs/postgres.md):
 //! - **Runs as an unprivileged account.** When Tessera is root, every PostgreSQL binary runs as
 //!   `run_as_user` (default `postgres`), the directories PostgreSQL writes are chowned to it, and
-//!   the parent directories are checked to be enterable first ([`account`]).
+//!   the parent directories are checked to be enterable first (`account.rs`).
 //! - **Direct child with a parent-death signal** so the pid is known, exits are noticed and the
-//!   server never outlives the tablet ([`launcher`]). It runs in its own process group, so a
+//!   server never outlives the tablet (`launcher.rs`). It runs in its own process group, so a
 //!   Ctrl-C at the terminal reaches only the tablet, which then stops PostgreSQL in order.
 //! - **Tessera-managed settings** live in `tessera.conf`, included from `postgresql.conf`, which
-//!   Tessera never rewrites ([`conf_files`]).
-//! - **Readiness and ownership come from `postmaster.pid`** ([`lock_file`]); a stale lock file
+//!   Tessera never rewrites (`conf_files.rs`).
+//! - **Readiness and ownership come from `postmaster.pid`** (`lock_file.rs`); a stale lock file
 //!   left by a crash is removed only when no process works in the data dir.
 //! - **`init` is atomic**: initdb runs in a hidden sibling directory which is renamed into place
 //!   only when complete, so a crash mid-init never leaves a half-initialised data dir that would
@@ -36,7 +38,7 @@ mod config;
 mod error;
 mod launcher;
 mod lock_file;
-mod replication;
+pub mod replication;
 mod timeline;
 mod tools;
 
@@ -58,7 +60,7 @@ use tracing::{debug, info, warn};
 
 pub use config::{DEFAULT_BIN_DIR, PostgresConfig, StopMode};
 pub use error::PostgresError;
-pub use replication::{Lsn, ReplicationSource, ServerRole, StandbyState, WalPosition};
+pub use replication::{InvalidLsn, Lsn, ReplicationSource, ServerRole, StandbyState, WalPosition};
 
 use account::ServerAccount;
 use launcher::Launcher;

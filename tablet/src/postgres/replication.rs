@@ -9,7 +9,7 @@
 //!   primary becoming a standby needs a restart.
 //! - **Replication settings live in `tessera-replication.conf`**, included at the end of
 //!   `tessera.conf` and written only by these operations, so a tablet restart keeps the role
-//!   ([`super::conf_files`]).
+//!   (`conf_files.rs`).
 //! - **Passwords stay out of settings, command lines and logs.** PostgreSQL logs every changed
 //!   setting's new value at reload (`parameter "primary_conninfo" changed to "..."`), so the
 //!   WAL receiver's conninfo names a password file instead (`passfile=`, a file in the data
@@ -478,9 +478,11 @@ impl PostgresServer {
     }
 
     /// Waits until this standby has replayed all the WAL it has received (replay LSN reaches
-    /// the flushed LSN), at most `timeout`, and returns the position then. WAL that ends in an
-    /// incomplete record (a primary that died mid-write) can never be replayed; replay also
-    /// counts as caught up when the startup process waits for more WAL with replay unchanged.
+    /// the flushed LSN), at most `timeout`, and returns the position then. Replay also counts
+    /// as caught up when the startup process waits for more WAL twice in a row at the same
+    /// replay position: WAL that ends in an incomplete record (a primary that died mid-write)
+    /// can never be replayed, and a standby that has not streamed since it started has no
+    /// flushed position, only WAL in pg_wal.
     pub async fn wait_replay_caught_up(
         &self,
         timeout: Duration,
@@ -510,11 +512,9 @@ impl PostgresServer {
             let waiting_for_wal = row
                 .get::<_, Option<String>>(3)
                 .is_some_and(|event| WAITING_FOR_WAL_EVENTS.contains(&event.as_str()));
-            let caught_up = match (flushed, replayed) {
-                (Some(flushed), Some(replayed)) => replayed >= flushed,
-                (None, _) => true,
-                (Some(_), None) => false,
-            };
+            // Without a flushed position (nothing streamed since start) only the startup
+            // process can tell that it has replayed everything in pg_wal.
+            let caught_up = matches!((flushed, replayed), (Some(flushed), Some(replayed)) if replayed >= flushed);
             // Waiting for WAL twice at the same replay position: nothing replayable is left.
             let stalled = waiting_for_wal && replayed.is_some() && waiting_at == replayed;
             if caught_up || stalled {
