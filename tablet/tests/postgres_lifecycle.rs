@@ -15,34 +15,8 @@ use tessera_tablet::postgres::{
     PostgresConfig, PostgresError, PostgresServer, PostgresState, ProcessExit, StopMode,
 };
 
-/// A short temporary directory (unix socket paths are limited to 107 bytes) that the
-/// unprivileged PostgreSQL user can enter.
-fn test_dir() -> tempfile::TempDir {
-    let directory = tempfile::Builder::new()
-        .prefix("tp")
-        .tempdir_in("/tmp")
-        .expect("create temp dir");
-    std::fs::set_permissions(directory.path(), std::fs::Permissions::from_mode(0o755))
-        .expect("chmod temp dir");
-    directory
-}
-
-/// A TCP port nobody listens on right now.
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    listener.local_addr().expect("local addr").port()
-}
-
-/// Test configuration: no fsync (speed), everything else as in production.
-fn test_config(base: &Path, port: u16) -> PostgresConfig {
-    let mut config = PostgresConfig::under(base, port);
-    config.sync_initdb = false;
-    config
-        .settings
-        .insert("fsync".to_string(), "off".to_string());
-    config.start_timeout_ms = 60_000;
-    config
-}
+mod postgres_support;
+use postgres_support::{create_items_table, free_port, test_config, test_dir};
 
 /// Whether a process exists and is not a zombie.
 fn process_alive(pid: u32) -> bool {
@@ -77,15 +51,8 @@ async fn started(config: PostgresConfig) -> (PostgresServer, u32) {
 
 /// Creates database `app` with table `items` holding ids 1..=count.
 async fn create_items(server: &PostgresServer, count: i32) {
-    server
-        .ensure_database("app")
-        .await
-        .expect("create database");
+    create_items_table(server).await;
     let client = server.connect("app").await.expect("connect");
-    client
-        .batch_execute("CREATE TABLE items (id int PRIMARY KEY)")
-        .await
-        .expect("create table");
     client
         .execute("INSERT INTO items SELECT generate_series(1, $1)", &[&count])
         .await

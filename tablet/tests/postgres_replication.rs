@@ -6,7 +6,6 @@
 //!
 //! Every server runs with fsync off and small WAL settings; each test uses two servers.
 
-use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -18,6 +17,9 @@ use tessera_tablet::postgres::{
     StandbyState, StopMode, WalPosition,
 };
 use tokio_postgres::error::SqlState;
+
+mod postgres_support;
+use postgres_support::{create_items_table, free_port, test_config, test_dir};
 
 /// The superuser password of every test cluster: it holds the characters that need escaping in
 /// a password file (`:` and `\`), a conninfo (`'`, `\`, space) and a configuration file (`'`,
@@ -33,39 +35,13 @@ const WAIT: Duration = Duration::from_secs(30);
 /// Bound for stop_following and replay catch-up.
 const SHORT_WAIT: Duration = Duration::from_secs(10);
 
-/// A short temporary directory (unix socket paths are limited to 107 bytes) that the
-/// unprivileged PostgreSQL user can enter. Kept after the test (for its server logs) when
-/// `TESSERA_KEEP_TEST_DIRS` is set.
-fn test_dir() -> tempfile::TempDir {
-    let mut directory = tempfile::Builder::new()
-        .prefix("tr")
-        .tempdir_in("/tmp")
-        .expect("create temp dir");
-    std::fs::set_permissions(directory.path(), std::fs::Permissions::from_mode(0o755))
-        .expect("chmod temp dir");
-    if std::env::var_os("TESSERA_KEEP_TEST_DIRS").is_some() {
-        directory.disable_cleanup(true);
-        eprintln!("keeping {}", directory.path().display());
-    }
-    directory
-}
-
-/// A TCP port nobody listens on right now.
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    listener.local_addr().expect("local addr").port()
-}
-
 /// Test configuration: no fsync, small WAL, the tricky password; everything else as in
 /// production.
-fn test_config(base: &Path) -> PostgresConfig {
-    let mut config = PostgresConfig::under(base, free_port());
-    config.sync_initdb = false;
+fn replication_config(base: &Path) -> PostgresConfig {
+    let mut config = test_config(base, free_port());
     config.password = PASSWORD.to_string();
-    config.start_timeout_ms = 60_000;
-    config.settings = BTreeMap::from(
+    config.settings.extend(
         [
-            ("fsync", "off"),
             ("min_wal_size", "32MB"),
             ("max_wal_size", "64MB"),
             ("wal_keep_size", "64MB"),
@@ -88,24 +64,16 @@ fn source_for(primary: &PostgresServer, application_name: &str) -> ReplicationSo
 
 /// A started primary with database `app` and an empty table `items`.
 async fn primary(directory: &Path) -> PostgresServer {
-    let server = PostgresServer::new(test_config(directory)).expect("new");
+    let server = PostgresServer::new(replication_config(directory)).expect("new");
     server.init().await.expect("init");
     server.start().await.expect("start");
-    server
-        .ensure_database("app")
-        .await
-        .expect("create database");
-    let client = server.connect("app").await.expect("connect");
-    client
-        .batch_execute("CREATE TABLE items (id int PRIMARY KEY)")
-        .await
-        .expect("create table");
+    create_items_table(&server).await;
     server
 }
 
 /// A started standby of `source`, made with init_standby_from.
 async fn standby(directory: &Path, source: &ReplicationSource) -> PostgresServer {
-    let server = PostgresServer::new(test_config(directory)).expect("new");
+    let server = PostgresServer::new(replication_config(directory)).expect("new");
     server
         .init_standby_from(source)
         .await
@@ -472,7 +440,7 @@ async fn replication_failures_are_typed_errors() {
     let (directory_a, directory_c, directory_d) = (test_dir(), test_dir(), test_dir());
     let a = primary(directory_a.path()).await;
 
-    let d = PostgresServer::new(test_config(directory_d.path())).unwrap();
+    let d = PostgresServer::new(replication_config(directory_d.path())).unwrap();
     let nowhere = ReplicationSource {
         port: free_port(),
         ..source_for(&a, "zone3-301")
@@ -508,7 +476,7 @@ async fn replication_failures_are_typed_errors() {
     assert_eq!(a.synchronous_standby_names().await.unwrap(), "");
     a.restart().await.unwrap();
 
-    let c = PostgresServer::new(test_config(directory_c.path())).unwrap();
+    let c = PostgresServer::new(replication_config(directory_c.path())).unwrap();
     c.init().await.unwrap();
     match c.rewind_from(&source).await {
         Err(PostgresError::RewindFailed { output_tail, .. }) => {

@@ -790,31 +790,19 @@ impl PostgresServer {
     /// Opens a control connection as the superuser over the unix socket. The connection task
     /// runs on the current tokio runtime.
     pub async fn connect(&self, database: &str) -> Result<tokio_postgres::Client, PostgresError> {
-        let mut config = tokio_postgres::Config::new();
+        let mut config =
+            control_connection_config(&self.config.superuser, &self.config.password, database);
         config
             .host_path(&self.config.socket_dir)
-            .port(self.config.port)
-            .user(&self.config.superuser)
-            .password(&self.config.password)
-            .dbname(database)
-            .application_name("tessera-tablet")
-            .connect_timeout(Duration::from_secs(10));
-        let (client, connection) =
-            config
-                .connect(tokio_postgres::NoTls)
-                .await
-                .map_err(|source| PostgresError::Connect {
-                    database: database.to_string(),
-                    socket_dir: self.config.socket_dir.clone(),
-                    port: self.config.port,
-                    source,
-                })?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                debug!(%error, "PostgreSQL control connection ended");
-            }
-        });
-        Ok(client)
+            .port(self.config.port);
+        open_control_connection(&config)
+            .await
+            .map_err(|source| PostgresError::Connect {
+                database: database.to_string(),
+                socket_dir: self.config.socket_dir.clone(),
+                port: self.config.port,
+                source,
+            })
     }
 
     /// Creates database `name` unless it exists (a keyspace's database on its tablets).
@@ -873,6 +861,32 @@ impl Drop for PostgresServer {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGQUIT);
         }
     }
+}
+
+/// A control connection's settings without the address: who, which database, Tessera's
+/// application name and a bounded connect time.
+fn control_connection_config(user: &str, password: &str, database: &str) -> tokio_postgres::Config {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .user(user)
+        .password(password)
+        .dbname(database)
+        .application_name("tessera-tablet")
+        .connect_timeout(Duration::from_secs(10));
+    config
+}
+
+/// Connects and runs the connection task on the current tokio runtime.
+async fn open_control_connection(
+    config: &tokio_postgres::Config,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            debug!(%error, "PostgreSQL control connection ended");
+        }
+    });
+    Ok(client)
 }
 
 /// Records the postmaster's exit, called on the waiter thread.
