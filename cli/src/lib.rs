@@ -36,7 +36,7 @@ pub enum Command {
     Gate(components::gate::GateArgs),
     /// Run one tablet (a PostgreSQL server with its pooler) as its own process; `tablet list`
     /// lists registered tablets.
-    Tablet(components::tablet::TabletCommandArgs),
+    Tablet(Box<components::tablet::TabletCommandArgs>),
     /// Run the coordinator (failover agent) of one zone as its own process.
     Coordinator(components::coordinator::CoordinatorArgs),
     /// Create and list keyspaces.
@@ -69,7 +69,7 @@ pub fn main() -> ExitCode {
             Command::Up(args) => up::run(args).await,
             Command::Status(args) => status::run(args).await,
             Command::Gate(args) => components::gate::run(args).await,
-            Command::Tablet(args) => components::tablet::command(args).await,
+            Command::Tablet(args) => components::tablet::command(*args).await,
             Command::Coordinator(args) => components::coordinator::run(args).await,
             Command::Keyspace(args) => admin::keyspace::run(args).await,
             Command::Shard(args) => admin::shard::run(args).await,

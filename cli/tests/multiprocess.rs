@@ -16,8 +16,12 @@ async fn separate_processes_serve_the_walking_skeleton_sql() {
     // UPDATE and DELETE to tablet processes it found through etcd, and rows land on the shard
     // PostgreSQL itself says owns them.
     let deployment = Deployment::start(2).await;
-    if let Err(error) =
-        walking_skeleton(deployment.gate_port, &deployment.shard_ports(), "orders").await
+    if let Err(error) = walking_skeleton(
+        deployment.gate_port,
+        &deployment.shard_ports().await,
+        "orders",
+    )
+    .await
     {
         panic!("{error:#}\n{}", deployment.logs());
     }
@@ -48,7 +52,7 @@ async fn killed_components_restart_and_the_cluster_converges() {
     // written before the crashes still there.
     let mut deployment = Deployment::start(2).await;
     let port = deployment.gate_port;
-    if let Err(error) = walking_skeleton(port, &deployment.shard_ports(), "orders").await {
+    if let Err(error) = walking_skeleton(port, &deployment.shard_ports().await, "orders").await {
         panic!("{error:#}\n{}", deployment.logs());
     }
     let shard0_tenants = deployment.tenants_of_shard(0, 100..200).await;
@@ -91,13 +95,20 @@ async fn killed_components_restart_and_the_cluster_converges() {
     )
     .await;
 
-    // Nothing written before the crashes was lost: 19 skeleton rows plus three new ones.
-    let gate = support::connect(port).await.expect("connect");
-    let count: i64 = gate
-        .query_one("SELECT count(*) FROM orders", &[])
-        .await
-        .expect("count")
-        .get(0);
+    // Nothing written before the crashes was lost: 19 skeleton rows plus three new ones. (Read
+    // once the cluster has settled: a restarted coordinator may still be establishing terms.)
+    let count = eventually(
+        "a scatter read after the restarts",
+        CONVERGE_TIMEOUT,
+        || async {
+            let gate = support::connect(port).await?;
+            Ok(gate
+                .query_one("SELECT count(*) FROM orders", &[])
+                .await?
+                .get::<_, i64>(0))
+        },
+    )
+    .await;
     assert_eq!(count, 22, "{}", deployment.logs());
     deployment.stop().await;
 }

@@ -28,7 +28,7 @@ async fn gate_serves_from_its_cached_shard_map_while_etcd_is_frozen_or_down() {
     // is routed).
     let mut deployment = Deployment::start(2).await;
     let port = deployment.gate_port;
-    if let Err(error) = walking_skeleton(port, &deployment.shard_ports(), "orders").await {
+    if let Err(error) = walking_skeleton(port, &deployment.shard_ports().await, "orders").await {
         panic!("{error:#}\n{}", deployment.logs());
     }
     let mut tenants = Vec::new();
@@ -109,11 +109,11 @@ async fn failover_during_a_topology_outage_needs_consensus() {
     // over, so this test fails by design and stays ignored until issue 4 lands.
     let mut deployment = Deployment::start_with_replicas(1, 2).await;
     let port = deployment.gate_port;
-    walking_skeleton(port, &deployment.shard_ports(), "orders")
+    walking_skeleton(port, &deployment.shard_ports().await, "orders")
         .await
         .expect("skeleton");
     deployment.etcd.stop();
-    let primary = deployment.primaries()[0].id.clone();
+    let primary = deployment.shard_ports().await[0].tablet.clone();
     deployment.tablet(&primary).kill().await;
     eventually(
         "writes after failover during an etcd outage",

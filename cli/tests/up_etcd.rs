@@ -2,32 +2,8 @@
 
 mod support;
 
-use support::{Process, ShardPort, short_temp_dir, strings, tessera, walking_skeleton};
-use tessera_proto::keyrange::KeyRange;
+use support::{Process, serving_primaries, short_temp_dir, strings, tessera, walking_skeleton};
 use tessera_topology::etcd_process::EtcdProcess;
-
-/// A base port such that base+i, base+1000+i and base+2000+i are free for i < `count`.
-fn free_base_port(count: u16) -> u16 {
-    for _ in 0..200 {
-        let base = 20_000 + rand_offset() % 20_000;
-        let ports = (0..count).flat_map(|i| [base + i, base + 1000 + i, base + 2000 + i]);
-        let held: Result<Vec<_>, _> = ports
-            .map(|p| std::net::TcpListener::bind(("127.0.0.1", p)))
-            .collect();
-        if held.is_ok() {
-            return base;
-        }
-    }
-    panic!("no free port range found");
-}
-
-fn rand_offset() -> u16 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    (nanos ^ std::process::id()) as u16
-}
 
 #[tokio::test]
 async fn up_runs_the_local_cluster_against_an_external_etcd_and_restarts_with_its_data() {
@@ -39,7 +15,7 @@ async fn up_runs_the_local_cluster_against_an_external_etcd_and_restarts_with_it
         .await
         .expect("etcd");
     let topo = etcd.url("/up");
-    let base = free_base_port(2);
+    let base = support::free_base_port(4);
     let ports = support::free_ports(2);
     let (gate_port, admin_port) = (ports[0], ports[1]);
     let args = strings(&[
@@ -49,9 +25,9 @@ async fn up_runs_the_local_cluster_against_an_external_etcd_and_restarts_with_it
         "--shards",
         "2",
         "--replicas",
-        "1",
+        "2",
         "--zones",
-        "1",
+        "2",
         "--port",
         &gate_port.to_string(),
         "--admin-port",
@@ -65,15 +41,7 @@ async fn up_runs_the_local_cluster_against_an_external_etcd_and_restarts_with_it
         "--unsafe-no-fsync",
     ]);
     let mut up = Process::start("up", args, dir.path()).await;
-    let shards: Vec<ShardPort> = KeyRange::split_evenly(2)
-        .expect("split")
-        .into_iter()
-        .zip([base, base + 1])
-        .map(|(range, postgres_port)| ShardPort {
-            range,
-            postgres_port,
-        })
-        .collect();
+    let shards = serving_primaries(&["--topo", &topo]).await;
     if let Err(error) = walking_skeleton(gate_port, &shards, "orders").await {
         panic!("{error:#}\n{}", up.log_tail());
     }
@@ -84,10 +52,13 @@ async fn up_runs_the_local_cluster_against_an_external_etcd_and_restarts_with_it
     let keyspace = &status["keyspaces"][0];
     assert_eq!(keyspace["name"], "app", "{status}");
     for shard in keyspace["shards"].as_array().expect("shards") {
-        let tablet = &shard["tablets"][0];
-        assert_eq!(tablet["role"], "primary", "{status}");
-        assert_eq!(tablet["serving"], true, "{status}");
-        assert_eq!(tablet["reachable"], true, "{status}");
+        let tablets = shard["tablets"].as_array().expect("tablets");
+        assert_eq!(tablets.len(), 2, "{status}");
+        assert!(tablets.iter().all(|t| t["reachable"] == true), "{status}");
+        let primaries = tablets
+            .iter()
+            .filter(|t| t["role"] == "primary" && t["serving"] == true);
+        assert_eq!(primaries.count(), 1, "{status}");
     }
 
     let status = up.terminate().await;

@@ -1,8 +1,6 @@
-//! `tessera coordinator`: the failover agent of one zone as its own process.
-//!
-//! Failover itself arrives with consensus (issue 4); today the process validates its
-//! configuration, connects to the topology, logs that failover is not implemented, and runs
-//! until SIGINT/SIGTERM (see `tessera_coordinator::run`).
+//! `tessera coordinator`: the failover agent of one zone as its own process. The agent itself
+//! is `tessera_coordinator::run`; this module maps the configuration file, environment and
+//! flags onto its configuration, connects to the topology and handles signals.
 
 use std::net::SocketAddr;
 
@@ -88,11 +86,9 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<()> {
     serve_metrics(config.metrics_listen)?;
     let topology = connect_topology(&config.topo).await?;
     let zone = config.coordinator.zone.clone();
-    // `run` polls its shutdown future once its start-up reads succeeded.
+    // `run` polls its shutdown future once it has started.
     tessera_coordinator::run(config.coordinator, topology, async {
-        announce_ready(format_args!(
-            "coordinator of zone {zone} (failover not implemented yet)"
-        ));
+        announce_ready(format_args!("coordinator of zone {zone}"));
         shutdown.received().await
     })
     .await

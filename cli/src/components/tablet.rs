@@ -6,10 +6,11 @@
 //! Until consensus lands (issue 4), a tablet decides its role once, at start, from its shard's
 //! record: if the record names no primary, the tablet claims the shard with a compare-and-set
 //! of the record and starts as primary; if the record names this tablet, it is primary again;
-//! otherwise it starts as a replica (which does not serve and does not replicate yet). The
-//! compare-and-set makes two tablets starting at once agree on one primary. This is NOT
-//! failover: nothing replaces a primary that dies. Consensus replaces this bootstrap, and then
-//! terms on the tablets, not the topology record, decide who is primary.
+//! otherwise it starts as a replica (a new one is copied from the primary's registered
+//! PostgreSQL with pg_basebackup; replicas do not serve queries). The compare-and-set makes two
+//! tablets starting at once agree on one primary. This is NOT failover: nothing here replaces
+//! a primary that dies. Consensus replaces this bootstrap, and then terms on the tablets, not
+//! the topology record, decide who is primary.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -19,7 +20,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use serde::{Deserialize, Serialize};
-use tessera_tablet::postgres::{PostgresConfig, PostgresError};
+use tessera_tablet::postgres::{PostgresConfig, PostgresError, ReplicationSource};
 use tessera_tablet::{InitialRole, Tablet, TabletConfig, TabletError};
 use tessera_topology::{TopoError, Topology};
 
@@ -216,11 +217,12 @@ impl TabletArgs {
 }
 
 /// Decides the initial role (provisional bootstrap, see the module documentation): claims the
-/// shard with a compare-and-set when its record names no primary.
+/// shard with a compare-and-set when its record names no primary. Returns the role and the
+/// shard's primary (this tablet when it is the primary).
 pub async fn claim_initial_role(
     topology: &Topology,
     config: &TabletConfig,
-) -> anyhow::Result<InitialRole> {
+) -> anyhow::Result<(InitialRole, String)> {
     let (keyspace, shard, id) = (&config.keyspace, &config.shard, &config.id);
     let hint = || format!("create it first: tessera keyspace create {keyspace} --shards N");
     match topology.get_keyspace(keyspace).await {
@@ -259,12 +261,60 @@ pub async fn claim_initial_role(
             return Err(error).context(format!("claiming shard {keyspace}/{shard}"));
         }
     };
-    Ok(if record.primary.as_deref() == Some(id.as_str()) {
+    let primary = record.primary.unwrap_or_else(|| id.clone());
+    let role = if primary == *id {
         InitialRole::Primary
     } else {
         InitialRole::Replica
-    })
+    };
+    Ok((role, primary))
 }
+
+/// How long a replica waits for its shard's primary to be registered before it starts without
+/// a source (which only works when its data dir already holds a server).
+pub const PRIMARY_REGISTRATION_WAIT: Duration = Duration::from_secs(60);
+
+/// Where a new replica copies its data from: the registered PostgreSQL of the shard's primary,
+/// reached with this tablet's superuser credentials (all tablets of a shard share them).
+/// Waits (bounded) for the primary to register, since both may be starting at the same time.
+async fn replication_source(
+    topology: &Topology,
+    config: &TabletConfig,
+    primary: &str,
+) -> Option<ReplicationSource> {
+    let deadline = tokio::time::Instant::now() + PRIMARY_REGISTRATION_WAIT;
+    let mut logged = false;
+    loop {
+        match topology.list_tablets(None).await {
+            Ok(tablets) => {
+                if let Some((record, _)) = tablets.into_iter().find(|(t, _)| t.id == primary) {
+                    return Some(ReplicationSource {
+                        host: record.host,
+                        port: record.postgres_port,
+                        user: config.postgres.superuser.clone(),
+                        password: config.postgres.password.clone(),
+                        application_name: config.id.clone(),
+                    });
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot list tablets to find the primary"),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(tablet = %config.id, primary, "the shard's primary is not registered; starting without a replication source");
+            return None;
+        }
+        if !logged {
+            tracing::info!(tablet = %config.id, primary, "waiting for the shard's primary to register");
+            logged = true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// How long the endpoints may take to close after SIGINT/SIGTERM before the tablet stops its
+/// PostgreSQL anyway. Why: gRPC's graceful shutdown waits for open streams, and a client that
+/// keeps a status stream open (a coordinator) must not keep the process from stopping.
+pub const ENDPOINT_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// How long a starting tablet waits for a PostgreSQL that still holds its data dir to exit.
 /// Why: when a tablet process is killed, its server gets a parent-death signal (immediate
@@ -273,11 +323,14 @@ pub async fn claim_initial_role(
 pub const PREVIOUS_SERVER_GRACE: Duration = Duration::from_secs(15);
 
 /// Opens the tablet, waiting (bounded) for a previous incarnation's PostgreSQL to exit.
-async fn open_tablet(config: &TabletConfig) -> Result<Arc<Tablet>, TabletError> {
+async fn open_tablet(
+    config: &TabletConfig,
+    source: Option<ReplicationSource>,
+) -> Result<Arc<Tablet>, TabletError> {
     let deadline = tokio::time::Instant::now() + PREVIOUS_SERVER_GRACE;
     let mut logged = false;
     loop {
-        match Tablet::open(config.clone()).await {
+        match Tablet::open(config.clone(), source.clone()).await {
             Err(TabletError::Postgres(PostgresError::DataDirInUse { pid, .. }))
                 if tokio::time::Instant::now() < deadline =>
             {
@@ -329,11 +382,15 @@ pub async fn run(args: TabletArgs) -> anyhow::Result<()> {
     )
     .await?;
     let topology = connect_topology(&config.topo).await?;
-    let role = claim_initial_role(&topology, &config.tablet).await?;
+    let (role, primary) = claim_initial_role(&topology, &config.tablet).await?;
     config.tablet.initial_role = role;
     tracing::info!(tablet = %id, keyspace = %config.tablet.keyspace, shard = %config.tablet.shard, ?role,
         "initial role from the shard record (provisional bootstrap until consensus)");
-    let tablet = open_tablet(&config.tablet)
+    let source = match role {
+        InitialRole::Primary => None,
+        InitialRole::Replica => replication_source(&topology, &config.tablet, &primary).await,
+    };
+    let tablet = open_tablet(&config.tablet, source)
         .await
         .map_err(|error| anyhow::anyhow!("tablet {id}: {error}"))?;
     warn_on_identity_clash(&topology, &config.tablet).await;
@@ -353,7 +410,28 @@ pub async fn run(args: TabletArgs) -> anyhow::Result<()> {
         config.tablet.pooler_port,
         config.tablet.postgres.port
     ));
-    tessera_tablet::serve(tablet.clone(), pooler, grpc, shutdown.received()).await;
+    let (signalled, signal_seen) = tokio::sync::oneshot::channel::<()>();
+    let serving = tessera_tablet::serve(tablet.clone(), pooler, grpc, async {
+        shutdown.received().await;
+        let _ = signalled.send(());
+    });
+    let grace_expired = async {
+        // Only after the signal: a dropped sender means the endpoints ended on their own.
+        if signal_seen.await.is_ok() {
+            tokio::time::sleep(ENDPOINT_CLOSE_GRACE).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        () = serving => {}
+        () = grace_expired => tracing::warn!(
+            tablet = %id,
+            grace_ms = ENDPOINT_CLOSE_GRACE.as_millis() as u64,
+            "the pooler and gRPC endpoints did not close in time after the signal (open client \
+             streams, e.g. a coordinator's status stream); stopping PostgreSQL anyway"
+        ),
+    }
     tablet.shutdown().await;
     tracing::info!(tablet = %id, "tablet stopped");
     Ok(())

@@ -36,8 +36,29 @@ pub fn free_ports(count: usize) -> Vec<u16> {
         .collect()
 }
 
-pub fn free_port() -> u16 {
-    free_ports(1)[0]
+/// A base port such that base+i, base+1000+i and base+2000+i are free for every i < `count`
+/// (the port layout of `tessera up` and `deploy/local`).
+pub fn free_base_port(count: u16) -> u16 {
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+        ^ std::process::id();
+    for _ in 0..200 {
+        // xorshift: a different candidate each round, different across test processes.
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        let base = 20_000 + (seed % 20_000) as u16;
+        let ports = (0..count).flat_map(|i| [base + i, base + 1000 + i, base + 2000 + i]);
+        let held: Result<Vec<_>, _> = ports
+            .map(|port| std::net::TcpListener::bind(("127.0.0.1", port)))
+            .collect();
+        if held.is_ok() {
+            return base;
+        }
+    }
+    panic!("no free port range found");
 }
 
 /// A temp dir with a short path (PostgreSQL's unix socket path is limited to 107 bytes) that
@@ -304,6 +325,62 @@ pub async fn connect(port: u16) -> anyhow::Result<tokio_postgres::Client> {
 pub struct ShardPort {
     pub range: KeyRange,
     pub postgres_port: u16,
+    /// The tablet, when known.
+    pub tablet: String,
+}
+
+/// `tessera status --json` with `topology_args` (e.g. `--topo etcd://...`).
+pub async fn status_json(topology_args: &[&str]) -> anyhow::Result<serde_json::Value> {
+    let mut args = vec!["status", "--json"];
+    args.extend_from_slice(topology_args);
+    let outcome = tessera(&args).await;
+    anyhow::ensure!(
+        outcome.status.success(),
+        "tessera status failed: {}",
+        outcome.stderr
+    );
+    Ok(serde_json::from_str(&outcome.stdout)?)
+}
+
+/// The serving primary of every shard of keyspace `app`, in key order, as `tessera status`
+/// reports them. Waits (bounded) until every shard has exactly one: which tablet is primary is
+/// decided by the cluster (bootstrap or consensus), not assumed by the tests.
+pub async fn serving_primaries(topology_args: &[&str]) -> Vec<ShardPort> {
+    eventually(
+        "one serving primary per shard",
+        Duration::from_secs(60),
+        || async {
+            let status = status_json(topology_args).await?;
+            let keyspace = status["keyspaces"]
+                .as_array()
+                .and_then(|keyspaces| keyspaces.iter().find(|k| k["name"] == "app"))
+                .ok_or_else(|| anyhow::anyhow!("no keyspace app in {status}"))?;
+            let mut primaries = Vec::new();
+            for shard in keyspace["shards"].as_array().into_iter().flatten() {
+                let serving: Vec<&serde_json::Value> = shard["tablets"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|t| t["role"] == "primary" && t["serving"] == true)
+                    .collect();
+                anyhow::ensure!(
+                    serving.len() == 1,
+                    "shard {}: {} serving primaries",
+                    shard["name"],
+                    serving.len()
+                );
+                primaries.push(ShardPort {
+                    range: shard["name"].as_str().unwrap_or_default().parse()?,
+                    postgres_port: serving[0]["postgres_port"].as_u64().unwrap_or_default() as u16,
+                    tablet: serving[0]["id"].as_str().unwrap_or_default().to_string(),
+                });
+            }
+            anyhow::ensure!(!primaries.is_empty(), "no shards in {status}");
+            primaries.sort_by_key(|p| p.range.start);
+            Ok(primaries)
+        },
+    )
+    .await
 }
 
 /// The walking-skeleton SQL through the gate at `gate_port`, checked through the gate and
@@ -494,12 +571,17 @@ impl Deployment {
             .await
             .expect("start etcd");
         let topo = etcd.url("/e2e");
+        // A durability policy the shard can satisfy: with one tablet per shard, the primary
+        // alone (consensus would otherwise rightly refuse to acknowledge writes).
+        let policy = format!("at_least_n({})", replicas.min(2));
         tessera(&[
             "keyspace",
             "create",
             "app",
             "--shards",
             &shards.to_string(),
+            "--policy",
+            &policy,
             "--topo",
             &topo,
         ])
@@ -599,15 +681,6 @@ impl Deployment {
         }
     }
 
-    /// The initial primaries (replica 0) by shard, in shard order.
-    pub fn primaries(&self) -> Vec<&TabletPorts> {
-        self.tablets
-            .iter()
-            .map(|(spec, _)| spec)
-            .filter(|spec| spec.replica == 0)
-            .collect()
-    }
-
     /// The process of tablet `id`.
     pub fn tablet(&mut self, id: &str) -> &mut Process {
         self.tablets
@@ -617,14 +690,9 @@ impl Deployment {
             .unwrap_or_else(|| panic!("no tablet {id}"))
     }
 
-    pub fn shard_ports(&self) -> Vec<ShardPort> {
-        self.primaries()
-            .iter()
-            .map(|spec| ShardPort {
-                range: spec.shard.parse().expect("shard name"),
-                postgres_port: spec.postgres,
-            })
-            .collect()
+    /// The current serving primary of every shard (see [`serving_primaries`]).
+    pub async fn shard_ports(&self) -> Vec<ShardPort> {
+        serving_primaries(&["--topo", &self.topo]).await
     }
 
     /// Tenants whose rows live on shard `index` (computed by PostgreSQL's own hash on that
@@ -634,10 +702,13 @@ impl Deployment {
         index: usize,
         candidates: std::ops::Range<i64>,
     ) -> Vec<i64> {
-        let spec = self.primaries()[index];
-        let range: KeyRange = spec.shard.parse().expect("shard name");
-        let direct = connect(spec.postgres).await.expect("connect to the shard");
-        let predicate = range.to_sql_predicate(&sql_hash_expr(HashFamily::Int, "t"));
+        let shard = &self.shard_ports().await[index];
+        let direct = connect(shard.postgres_port)
+            .await
+            .expect("connect to the shard");
+        let predicate = shard
+            .range
+            .to_sql_predicate(&sql_hash_expr(HashFamily::Int, "t"));
         let rows = direct
             .query(
                 &*format!(
@@ -664,18 +735,30 @@ impl Deployment {
             .join("\n")
     }
 
-    /// Stops every component with SIGTERM and checks each exits 0.
+    /// Stops every component with SIGTERM and checks each exits 0 promptly. Tablets go first,
+    /// while the coordinators still hold status streams to them and the gate still holds
+    /// pooler connections: open clients must not keep a component from stopping.
     pub async fn stop(mut self) {
-        let processes = [&mut self.gate]
-            .into_iter()
+        let processes = self
+            .tablets
+            .iter_mut()
+            .map(|(_, p)| p)
             .chain(self.coordinators.iter_mut())
-            .chain(self.tablets.iter_mut().map(|(_, p)| p));
+            .chain([&mut self.gate]);
         for process in processes {
+            let started = tokio::time::Instant::now();
             let status = process.terminate().await;
             assert!(
                 status.success(),
                 "{} exited with {status} on SIGTERM\n{}",
                 process.name,
+                process.log_tail()
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "{} took {:?} to stop\n{}",
+                process.name,
+                started.elapsed(),
                 process.log_tail()
             );
         }
