@@ -531,6 +531,10 @@ impl PostgresServer {
     /// Promotes this standby (`pg_promote(wait => true)`), waiting at most `timeout`, and
     /// returns the new timeline id. The promoted server stops following anyone. Fails with
     /// `NotStandby` on a primary and `PromoteTimeout` if promotion does not finish in time.
+    ///
+    /// `PromoteTimeout` does not mean "not promoted": PostgreSQL has been asked and may still
+    /// finish the promotion afterwards. Treat the server as possibly promoted (check
+    /// [`PostgresServer::role`], or demote it).
     pub async fn promote(&self, timeout: Duration) -> Result<u32, PostgresError> {
         let _lifecycle = self.lifecycle.lock().await;
         self.require_running()?;
