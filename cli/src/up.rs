@@ -10,6 +10,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use std::time::Duration;
+
+use tessera_coordinator::CoordinatorConfig;
 use tessera_gate::GateConfig;
 use tessera_tablet::postgres::{DEFAULT_BIN_DIR, PostgresConfig};
 use tessera_tablet::{InitialRole, Tablet, TabletConfig};
@@ -78,6 +81,10 @@ pub struct UpOptions {
     pub pg_settings: BTreeMap<String, String>,
     /// Gate settings; `listen` and `gate_id` are set by the cluster.
     pub gate: GateConfig,
+    /// Coordinator settings; `zone` is set per coordinator.
+    pub coordinator: CoordinatorConfig,
+    /// How long to wait for every shard's first establishment before giving up.
+    pub ready_timeout: Duration,
 }
 
 impl UpOptions {
@@ -95,6 +102,8 @@ impl UpOptions {
             pg_bin_dir: PathBuf::from(DEFAULT_BIN_DIR),
             pg_settings: BTreeMap::new(),
             gate: GateConfig::default(),
+            coordinator: CoordinatorConfig::default(),
+            ready_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -161,6 +170,8 @@ async fn ensure_topology(topology: &Topology, layout: &Layout, tablets: &[Tablet
     }
     for shard in layout.shard_names()? {
         let mut record = ShardRecord::new(layout.keyspace.clone(), shard.clone());
+        // at_least_n(2) (the primary plus one standby) needs a second tablet.
+        record.policy = format!("at_least_n({})", layout.replicas.min(2));
         record.primary = tablets.iter().find(|t| t.shard == shard && t.replica == 0).map(|t| t.id.clone());
         match topology.create_shard(&record).await {
             Ok(_) | Err(TopoError::AlreadyExists { .. }) => {}
@@ -207,19 +218,36 @@ impl LocalCluster {
             shards.into_iter().map(|(s, _)| (s.name, s.primary)).collect();
 
         tracing::info!(tablets = specs.len(), data_dir = %data_dir.display(), "starting tablets");
-        let opened = futures::future::join_all(specs.iter().map(|spec| {
-            let primary = primaries.get(&spec.shard).cloned().flatten();
-            Tablet::open(tablet_config(spec, &layout, &options, primary.as_deref() == Some(spec.id.as_str())))
-        }))
-        .await;
-        let mut tablets = Vec::new();
+        // Primaries first: a new replica is a base backup of its shard's primary.
+        let is_primary = |spec: &TabletSpec| primaries.get(&spec.shard).cloned().flatten().as_deref() == Some(spec.id.as_str());
+        let (first, rest): (Vec<&TabletSpec>, Vec<&TabletSpec>) = specs.iter().partition(|spec| is_primary(spec));
+        let mut tablets: Vec<Arc<Tablet>> = Vec::new();
         let mut failure = None;
-        for (spec, result) in specs.iter().zip(opened) {
-            match result {
-                Ok(tablet) => tablets.push(tablet),
-                Err(error) => {
-                    failure.get_or_insert_with(|| anyhow::anyhow!("tablet {}: {error}", spec.id));
+        for wave in [first, rest] {
+            let opened = futures::future::join_all(wave.iter().map(|spec| {
+                let source = specs
+                    .iter()
+                    .find(|p| p.shard == spec.shard && is_primary(p) && p.id != spec.id)
+                    .map(|primary| tessera_tablet::postgres::ReplicationSource {
+                        host: "127.0.0.1".into(),
+                        port: primary.postgres_port,
+                        user: "postgres".into(),
+                        password: "postgres".into(),
+                        application_name: spec.id.clone(),
+                    });
+                Tablet::open(tablet_config(spec, &layout, &options, is_primary(spec)), source)
+            }))
+            .await;
+            for (spec, result) in wave.iter().zip(opened) {
+                match result {
+                    Ok(tablet) => tablets.push(tablet),
+                    Err(error) => {
+                        failure.get_or_insert_with(|| anyhow::anyhow!("tablet {}: {error}", spec.id));
+                    }
                 }
+            }
+            if failure.is_some() {
+                break;
             }
         }
         if let Some(error) = failure {
@@ -228,6 +256,8 @@ impl LocalCluster {
             }
             return Err(error);
         }
+        // Keep the layout order (listeners were bound in that order).
+        tablets.sort_by_key(|t| specs.iter().position(|s| s.id == t.id()));
         for tablet in &tablets {
             topology.register_tablet(&tablet.record()).await?;
         }
@@ -265,6 +295,29 @@ impl LocalCluster {
                 tracing::error!(%error, "gate failed");
             }
         }));
+        for zone in 1..=layout.zones {
+            let config = CoordinatorConfig {
+                zone: format!("zone{zone}"),
+                ..options.coordinator.clone()
+            };
+            let coordinator_topology = topology.clone();
+            let shutdown = wait_stop();
+            tasks.push(tokio::spawn(async move {
+                if let Err(error) = tessera_coordinator::run(config, coordinator_topology, shutdown).await {
+                    tracing::error!(%error, "coordinator failed");
+                }
+            }));
+        }
+        if let Err(error) = wait_established(&tablets, &layout, options.ready_timeout).await {
+            let _ = stop.send(true);
+            for task in tasks {
+                let _ = task.await;
+            }
+            for tablet in &tablets {
+                tablet.shutdown().await;
+            }
+            return Err(error);
+        }
         Ok(LocalCluster {
             layout,
             topology,
@@ -292,6 +345,34 @@ impl LocalCluster {
             let _ = task.await;
         }
         futures::future::join_all(self.tablets.iter().map(|t| t.shutdown())).await;
+    }
+}
+
+/// Waits until every shard has a primary serving in an established term.
+async fn wait_established(tablets: &[Arc<Tablet>], layout: &Layout, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let shards = layout.shard_names()?;
+    loop {
+        let missing: Vec<&String> = shards
+            .iter()
+            .filter(|shard| {
+                !tablets.iter().any(|t| {
+                    let status = t.status();
+                    status.shard == **shard && status.serving && status.term > 0
+                })
+            })
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!(
+                "no primary was established within {} s for shard(s) {}; see the log for the coordinators' problems",
+                timeout.as_secs(),
+                missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -369,6 +450,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         pg_bin_dir: args.pg_bin_dir,
         pg_settings,
         gate: GateConfig::default(),
+        coordinator: CoordinatorConfig::default(),
+        ready_timeout: Duration::from_secs(120),
     };
     let cluster = LocalCluster::start(options).await?;
     println!("ready: {}", cluster.url());

@@ -2,6 +2,7 @@
 //! by every component (key ranges, the hash vindex, the SQL objects Tessera keeps in shards).
 
 pub mod keyrange;
+pub mod rules;
 pub mod schema;
 pub mod vindex;
 

@@ -8,6 +8,7 @@
 //! ```
 
 pub mod config;
+pub mod consensus;
 pub mod pooler;
 pub mod postgres;
 pub mod service;
@@ -29,8 +30,21 @@ pub async fn run(
     topology: Topology,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), TabletError> {
-    let tablet = Tablet::open(config).await?;
+    let tablet = Tablet::open(config, None).await?;
     topology.register_tablet(&tablet.record()).await?;
+    serve(tablet.clone(), pooler_listener, grpc_listener, shutdown).await;
+    tablet.shutdown().await;
+    Ok(())
+}
+
+/// Serves an open tablet's pooler and gRPC endpoints until `shutdown` resolves (PostgreSQL
+/// keeps running; see [`Tablet::shutdown`]).
+pub async fn serve(
+    tablet: std::sync::Arc<Tablet>,
+    pooler_listener: TcpListener,
+    grpc_listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let pooler = {
         let mut stopped = stopped.clone();
@@ -52,6 +66,4 @@ pub async fn run(
     let _ = stop.send(true);
     let _ = pooler.await;
     let _ = grpc.await;
-    tablet.shutdown().await;
-    Ok(())
 }
