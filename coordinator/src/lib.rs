@@ -193,6 +193,7 @@ pub async fn run(
         }
     }
     refresher.abort();
+    observer.close();
     tracing::info!(zone = %config.zone, "coordinator stopped");
     Ok(())
 }

@@ -131,6 +131,13 @@ impl Observer {
         }
     }
 
+    /// Ends every status stream (the coordinator is stopping).
+    pub fn close(&self) {
+        for (_, (_, handle)) in self.streams.lock().drain() {
+            handle.abort();
+        }
+    }
+
     /// Records a shard's new primary locally at once (the topology may be slow or down).
     pub fn note_primary(&self, keyspace: &str, shard: &str, primary: &str, term: u64) {
         let mut records = self.records.write();

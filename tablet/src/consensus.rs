@@ -141,12 +141,14 @@ impl ConsensusState {
         })
     }
 
+    /// The durable term: a join still being persisted is not reported, so a status never
+    /// shows the new term next to state from the old one.
     pub fn term(&self) -> u64 {
-        self.node.lock().effective().term.0
+        self.node.lock().durable().term.0
     }
 
     pub fn agent(&self) -> Option<String> {
-        self.node.lock().effective().agent.as_ref().map(|a| a.as_str().to_string())
+        self.node.lock().durable().agent.as_ref().map(|a| a.as_str().to_string())
     }
 }
 

@@ -65,5 +65,10 @@ pub async fn serve(
     shutdown.await;
     let _ = stop.send(true);
     let _ = pooler.await;
-    let _ = grpc.await;
+    // Graceful gRPC shutdown waits for open status streams; a watcher that never hangs up
+    // must not keep the tablet alive.
+    let abort = grpc.abort_handle();
+    if tokio::time::timeout(std::time::Duration::from_secs(2), grpc).await.is_err() {
+        abort.abort();
+    }
 }
