@@ -3,6 +3,10 @@
 //! [`TestCluster`] runs a [`LocalCluster`] (what `tessera up` runs) in-process on free ports in
 //! a short temporary directory the unprivileged `postgres` user can enter, with `fsync=off`.
 
+pub mod ha;
+pub mod proxy;
+pub mod workload;
+
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
