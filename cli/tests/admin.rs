@@ -5,8 +5,7 @@ mod support;
 
 use std::sync::Arc;
 
-use support::{free_ports, short_temp_dir, tessera};
-use tessera_topology::etcd_process::EtcdProcess;
+use support::{free_ports, start_etcd, tessera};
 use tessera_topology::records::TabletRecord;
 use tessera_topology::{MemoryTopo, TopoServer, TopoStore, Topology};
 
@@ -129,10 +128,7 @@ async fn admin_scenario(backend: &[&str], topology: &Topology) {
 #[tokio::test]
 async fn admin_verbs_work_against_etcd() {
     // Goal: keyspace create/list, shard list and tablet list read and write a real etcd.
-    let dir = short_temp_dir();
-    let etcd = EtcdProcess::start(&dir.path().join("etcd"))
-        .await
-        .expect("etcd");
+    let (_dir, etcd) = start_etcd().await;
     let url = etcd.url("/admin");
     let topology = Topology::new(tessera_topology::connect(&url).await.expect("connect"));
     admin_scenario(&["--topo", &url], &topology).await;

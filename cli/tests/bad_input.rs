@@ -6,9 +6,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{Finished, free_ports, short_temp_dir, tessera};
+use support::{Finished, free_ports, short_temp_dir, start_etcd, tessera};
 use tessera_topology::Topology;
-use tessera_topology::etcd_process::EtcdProcess;
 
 /// Tablet arguments that would work against a reachable topology (nothing starts PostgreSQL
 /// before the topology answered).
@@ -59,6 +58,14 @@ fn every_component(topo: &str, data_dir: &str) -> Vec<Vec<String>> {
     ]
 }
 
+/// Creates keyspace `app` (2 shards) through the binary; returns a raw handle on the store.
+async fn with_keyspace_app(topo: &str) -> std::sync::Arc<dyn tessera_topology::TopoStore> {
+    tessera(&["keyspace", "create", "app", "--topo", topo])
+        .await
+        .ok();
+    tessera_topology::connect(topo).await.expect("connect")
+}
+
 #[tokio::test]
 async fn an_unreachable_etcd_at_start_fails_fast_with_one_line() {
     // Goal: every runner and admin verb pointed at a closed port exits 1 within seconds with
@@ -88,10 +95,7 @@ async fn an_unreachable_etcd_at_start_fails_fast_with_one_line() {
 async fn a_frozen_etcd_at_start_fails_within_bounds() {
     // Goal: an etcd that accepts connections but never answers (SIGSTOP) is reported like an
     // unreachable one instead of hanging the process.
-    let dir = short_temp_dir();
-    let etcd = EtcdProcess::start(&dir.path().join("etcd"))
-        .await
-        .expect("etcd");
+    let (dir, etcd) = start_etcd().await;
     etcd.suspend().expect("SIGSTOP etcd");
     let (outcomes, elapsed) = run_all(&every_component(
         &etcd.url("/x"),
@@ -140,15 +144,9 @@ async fn corrupt_records_are_reported_by_name_and_left_untouched() {
     // Goal: a shard record that is not valid JSON makes the admin verbs, the gate and a tablet
     // of that shard fail with one line naming the key, and none of them rewrites it or any
     // other record.
-    let dir = short_temp_dir();
-    let etcd = EtcdProcess::start(&dir.path().join("etcd"))
-        .await
-        .expect("etcd");
+    let (dir, etcd) = start_etcd().await;
     let topo = etcd.url("/c");
-    tessera(&["keyspace", "create", "app", "--topo", &topo])
-        .await
-        .ok();
-    let store = tessera_topology::connect(&topo).await.expect("connect");
+    let store = with_keyspace_app(&topo).await;
     let corrupt_key = "/tessera/keyspaces/app/shards/-80";
     store
         .update(
@@ -193,15 +191,9 @@ async fn corrupt_records_are_reported_by_name_and_left_untouched() {
 #[tokio::test]
 async fn unknown_records_and_fields_are_ignored() {
     // Goal: keys and record fields written by a newer version do not break the admin verbs.
-    let dir = short_temp_dir();
-    let etcd = EtcdProcess::start(&dir.path().join("etcd"))
-        .await
-        .expect("etcd");
+    let (_dir, etcd) = start_etcd().await;
     let topo = etcd.url("/u");
-    tessera(&["keyspace", "create", "app", "--topo", &topo])
-        .await
-        .ok();
-    let store = tessera_topology::connect(&topo).await.expect("connect");
+    let store = with_keyspace_app(&topo).await;
     store
         .create("/tessera/future/feature", b"whatever".to_vec())
         .await

@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Deployment, eventually, fetch_metrics, tessera, walking_skeleton, write_and_read};
+use support::{Deployment, eventually, fetch_metrics, tessera, write_and_read};
 
 /// How long the cluster may take to serve again after a component restarts.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -16,15 +16,7 @@ async fn separate_processes_serve_the_walking_skeleton_sql() {
     // UPDATE and DELETE to tablet processes it found through etcd, and rows land on the shard
     // PostgreSQL itself says owns them.
     let deployment = Deployment::start(2).await;
-    if let Err(error) = walking_skeleton(
-        deployment.gate_port,
-        &deployment.shard_ports().await,
-        "orders",
-    )
-    .await
-    {
-        panic!("{error:#}\n{}", deployment.logs());
-    }
+    deployment.run_walking_skeleton().await;
 
     // The admin view agrees: both tablets registered, each named primary of its shard by the
     // provisional bootstrap.
@@ -52,9 +44,7 @@ async fn killed_components_restart_and_the_cluster_converges() {
     // written before the crashes still there.
     let mut deployment = Deployment::start(2).await;
     let port = deployment.gate_port;
-    if let Err(error) = walking_skeleton(port, &deployment.shard_ports().await, "orders").await {
-        panic!("{error:#}\n{}", deployment.logs());
-    }
+    deployment.run_walking_skeleton().await;
     let shard0_tenants = deployment.tenants_of_shard(0, 100..200).await;
     let mut tenants = shard0_tenants.into_iter();
     let mut next_tenant = move || tenants.next().expect("enough tenants on shard 0");

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Deployment, eventually, walking_skeleton, write_and_read};
+use support::{Deployment, eventually, write_and_read};
 
 /// Generous bound for a query while etcd is away; a query that waits on the topology would hit
 /// the topology client's own timeouts (5 s) or hang.
@@ -28,9 +28,7 @@ async fn gate_serves_from_its_cached_shard_map_while_etcd_is_frozen_or_down() {
     // is routed).
     let mut deployment = Deployment::start(2).await;
     let port = deployment.gate_port;
-    if let Err(error) = walking_skeleton(port, &deployment.shard_ports().await, "orders").await {
-        panic!("{error:#}\n{}", deployment.logs());
-    }
+    deployment.run_walking_skeleton().await;
     let mut tenants = Vec::new();
     for shard in 0..2 {
         tenants.extend(
@@ -109,9 +107,7 @@ async fn failover_during_a_topology_outage_needs_consensus() {
     // over, so this test fails by design and stays ignored until issue 4 lands.
     let mut deployment = Deployment::start_with_replicas(1, 2).await;
     let port = deployment.gate_port;
-    walking_skeleton(port, &deployment.shard_ports().await, "orders")
-        .await
-        .expect("skeleton");
+    deployment.run_walking_skeleton().await;
     deployment.etcd.stop();
     let primary = deployment.shard_ports().await[0].tablet.clone();
     deployment.tablet(&primary).kill().await;

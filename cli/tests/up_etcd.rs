@@ -2,18 +2,14 @@
 
 mod support;
 
-use support::{Process, serving_primaries, short_temp_dir, strings, tessera, walking_skeleton};
-use tessera_topology::etcd_process::EtcdProcess;
+use support::{Process, serving_primaries, start_etcd, strings, tessera, walking_skeleton};
 
 #[tokio::test]
 async fn up_runs_the_local_cluster_against_an_external_etcd_and_restarts_with_its_data() {
     // Goal: `tessera up --topo etcd://...` keeps its topology in etcd (visible to
     // `tessera status --topo etcd://...`), serves the walking-skeleton SQL, stops on SIGTERM
     // with exit 0, and a second `up` on the same data dir and etcd serves the same data.
-    let dir = short_temp_dir();
-    let etcd = EtcdProcess::start(&dir.path().join("etcd"))
-        .await
-        .expect("etcd");
+    let (dir, etcd) = start_etcd().await;
     let topo = etcd.url("/up");
     let base = support::free_base_port(4);
     let ports = support::free_ports(2);

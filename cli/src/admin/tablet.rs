@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use tessera_topology::Topology;
+use tessera_topology::records::TabletRecord;
 
 use super::{print_json, render_table};
 use crate::status::TopoArgs;
@@ -32,20 +33,13 @@ pub struct ListArgs {
     pub topo: TopoArgs,
 }
 
-/// A tablet as `tablet list --json` prints it.
+/// A tablet as `tablet list --json` prints it: its registration plus the primary hint.
 #[derive(Debug, Serialize)]
 pub struct TabletSummary {
-    pub id: String,
-    pub zone: String,
-    pub keyspace: String,
-    pub shard: String,
-    pub host: String,
-    pub postgres_port: u16,
-    pub pooler_port: u16,
-    pub grpc_port: u16,
+    #[serde(flatten)]
+    pub record: TabletRecord,
     /// Whether its shard record names it primary (a hint; consensus terms decide).
     pub primary: bool,
-    pub data_dir: String,
 }
 
 pub async fn run(command: TabletAdminCommand) -> anyhow::Result<()> {
@@ -61,13 +55,14 @@ pub async fn run(command: TabletAdminCommand) -> anyhow::Result<()> {
     }
     let rows: Vec<Vec<String>> = tablets
         .iter()
-        .map(|t| {
+        .map(|summary| {
+            let t = &summary.record;
             vec![
                 t.id.clone(),
                 t.zone.clone(),
                 t.keyspace.clone(),
                 t.shard.clone(),
-                if t.primary { "primary" } else { "-" }.to_string(),
+                if summary.primary { "primary" } else { "-" }.to_string(),
                 t.host.clone(),
                 t.postgres_port.to_string(),
                 t.pooler_port.to_string(),
@@ -117,15 +112,7 @@ pub async fn list(
             primary: primaries
                 .get(&(t.keyspace.clone(), t.shard.clone()))
                 .is_some_and(|p| p.as_deref() == Some(t.id.as_str())),
-            id: t.id,
-            zone: t.zone,
-            keyspace: t.keyspace,
-            shard: t.shard,
-            host: t.host,
-            postgres_port: t.postgres_port,
-            pooler_port: t.pooler_port,
-            grpc_port: t.grpc_port,
-            data_dir: t.data_dir,
+            record: t,
         })
         .collect())
 }

@@ -7,6 +7,7 @@
 //! say only what differs, while `deny_unknown_fields` still rejects every key the structs do
 //! not know, because unknown keys survive the merge.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
@@ -14,7 +15,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tessera_topology::TopoUrl;
 
-/// One component's whole configuration (what `--config FILE` holds).
+/// One component's whole configuration (what `--config FILE` holds): the component's own
+/// section plus the settings every runner process has (topology URL, metrics endpoint).
 pub trait ComponentConfig: Serialize + DeserializeOwned {
     /// The subcommand name (`gate`, `tablet`, `coordinator`), used in messages.
     const COMPONENT: &'static str;
@@ -23,9 +25,19 @@ pub trait ComponentConfig: Serialize + DeserializeOwned {
     /// obtained through their own serde defaults without an `unwrap`.
     fn defaults() -> Result<Self, ConfigError>;
 
-    /// Checks everything that can be checked without touching the network.
+    /// The topology URL (`topo`).
+    fn topology_url(&mut self) -> &mut String;
+
+    /// The Prometheus endpoint (`metrics_listen`); `None` = no endpoint.
+    fn metrics_listen(&mut self) -> &mut Option<SocketAddr>;
+
+    /// Checks the component's own settings without touching the network (the topology URL is
+    /// checked by [`CommonArgs::resolve`]).
     fn validate(&self) -> Result<(), ConfigError>;
 }
+
+/// The default topology of the runners: a local etcd, as `deploy/local` runs it.
+pub const DEFAULT_TOPOLOGY_URL: &str = "etcd://127.0.0.1:2379";
 
 /// A configuration that cannot be loaded or cannot work.
 #[derive(Debug, thiserror::Error)]
@@ -68,11 +80,20 @@ impl ConfigError {
             reason: reason.into(),
         }
     }
+
+    /// An error of the embedded component config, whose `field` is relative to its section.
+    pub fn in_section(
+        component: &'static str,
+        field: &str,
+        reason: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError::invalid(component, format!("{component}.{field}"), reason)
+    }
 }
 
-/// Flags every runner shares for its configuration file.
+/// Flags every runner shares: the configuration file, the topology and the metrics endpoint.
 #[derive(Debug, Clone, Default, Args)]
-pub struct ConfigArgs {
+pub struct CommonArgs {
     /// TOML configuration file; flags and environment variables override its values.
     #[arg(long, env = "TESSERA_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -83,11 +104,19 @@ pub struct ConfigArgs {
     /// 0 when valid, 1 with the reason otherwise. Does not contact the topology.
     #[arg(long)]
     pub check_config: bool,
+    /// Topology URL (`topo`): etcd://host:port[,host:port...][/prefix], or grpc://host:port
+    /// for the embedded store of a running `tessera up`.
+    #[arg(long, env = "TESSERA_TOPO")]
+    pub topo: Option<String>,
+    /// Prometheus endpoint address (`metrics_listen`).
+    #[arg(long, env = "TESSERA_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
-impl ConfigArgs {
-    /// Resolves the configuration. `None` means the command is done (`--print-default-config`
-    /// or a successful `--check-config` already printed their answer).
+impl CommonArgs {
+    /// Resolves the configuration: defaults, file, then these flags and `apply_overrides` (the
+    /// runner's own flags), then validation. `None` means the command is done
+    /// (`--print-default-config` or a successful `--check-config` already printed its answer).
     pub fn resolve<T: ComponentConfig>(
         &self,
         apply_overrides: impl FnOnce(&mut T),
@@ -97,7 +126,14 @@ impl ConfigArgs {
             return Ok(None);
         }
         let mut config: T = load(self.config.as_deref())?;
+        if let Some(topo) = &self.topo {
+            *config.topology_url() = topo.clone();
+        }
+        if self.metrics_listen.is_some() {
+            *config.metrics_listen() = self.metrics_listen;
+        }
         apply_overrides(&mut config);
+        validate_topology_url(T::COMPONENT, config.topology_url())?;
         config.validate()?;
         if self.check_config {
             let source = match &self.config {

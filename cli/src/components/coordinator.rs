@@ -8,8 +8,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 use tessera_coordinator::CoordinatorConfig;
 
-use super::config::{ComponentConfig, ConfigArgs, ConfigError, validate_topology_url};
-use super::gate::DEFAULT_TOPOLOGY_URL;
+use super::config::{CommonArgs, ComponentConfig, ConfigError, DEFAULT_TOPOLOGY_URL};
 use super::{ShutdownSignal, announce_ready, connect_topology, serve_metrics};
 
 /// Everything `tessera coordinator` needs.
@@ -37,28 +36,25 @@ impl ComponentConfig for CoordinatorProcessConfig {
         })
     }
 
+    fn topology_url(&mut self) -> &mut String {
+        &mut self.topo
+    }
+
+    fn metrics_listen(&mut self) -> &mut Option<SocketAddr> {
+        &mut self.metrics_listen
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
-        validate_topology_url(Self::COMPONENT, &self.topo)?;
-        self.coordinator.validate().map_err(|error| {
-            ConfigError::invalid(
-                Self::COMPONENT,
-                format!("coordinator.{}", error.field),
-                error.reason,
-            )
-        })
+        self.coordinator
+            .validate()
+            .map_err(|error| ConfigError::in_section(Self::COMPONENT, error.field, error.reason))
     }
 }
 
 #[derive(Debug, Args)]
 pub struct CoordinatorArgs {
     #[command(flatten)]
-    pub config: ConfigArgs,
-    /// Topology URL (`topo`).
-    #[arg(long, env = "TESSERA_TOPO")]
-    pub topo: Option<String>,
-    /// Prometheus endpoint address (`metrics_listen`).
-    #[arg(long, env = "TESSERA_METRICS_LISTEN")]
-    pub metrics_listen: Option<SocketAddr>,
+    pub common: CommonArgs,
     /// Zone this coordinator looks after (`coordinator.zone`).
     #[arg(long, env = "TESSERA_ZONE")]
     pub zone: Option<String>,
@@ -66,12 +62,6 @@ pub struct CoordinatorArgs {
 
 impl CoordinatorArgs {
     fn apply(&self, config: &mut CoordinatorProcessConfig) {
-        if let Some(topo) = &self.topo {
-            config.topo = topo.clone();
-        }
-        if self.metrics_listen.is_some() {
-            config.metrics_listen = self.metrics_listen;
-        }
         if let Some(zone) = &self.zone {
             config.coordinator.zone = zone.clone();
         }
@@ -80,7 +70,7 @@ impl CoordinatorArgs {
 
 pub async fn run(args: CoordinatorArgs) -> anyhow::Result<()> {
     let shutdown = ShutdownSignal::install()?;
-    let Some(config) = args.config.resolve(|config| args.apply(config))? else {
+    let Some(config) = args.common.resolve(|config| args.apply(config))? else {
         return Ok(());
     };
     serve_metrics(config.metrics_listen)?;

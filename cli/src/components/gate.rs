@@ -9,11 +9,8 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 use tessera_gate::{GateConfig, LocalTablets};
 
-use super::config::{ComponentConfig, ConfigArgs, ConfigError, validate_topology_url};
+use super::config::{CommonArgs, ComponentConfig, ConfigError, DEFAULT_TOPOLOGY_URL};
 use super::{ShutdownSignal, announce_ready, bind, connect_topology, serve_metrics};
-
-/// Default topology of the runners: a local etcd, as in `deploy/local`.
-pub const DEFAULT_TOPOLOGY_URL: &str = "etcd://127.0.0.1:2379";
 
 /// Everything `tessera gate` needs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,28 +37,25 @@ impl ComponentConfig for GateProcessConfig {
         })
     }
 
+    fn topology_url(&mut self) -> &mut String {
+        &mut self.topo
+    }
+
+    fn metrics_listen(&mut self) -> &mut Option<SocketAddr> {
+        &mut self.metrics_listen
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
-        validate_topology_url(Self::COMPONENT, &self.topo)?;
-        self.gate.validate().map_err(|error| {
-            ConfigError::invalid(
-                Self::COMPONENT,
-                format!("gate.{}", error.field),
-                error.reason,
-            )
-        })
+        self.gate
+            .validate()
+            .map_err(|error| ConfigError::in_section(Self::COMPONENT, error.field, error.reason))
     }
 }
 
 #[derive(Debug, Args)]
 pub struct GateArgs {
     #[command(flatten)]
-    pub config: ConfigArgs,
-    /// Topology URL (`topo`).
-    #[arg(long, env = "TESSERA_TOPO")]
-    pub topo: Option<String>,
-    /// Prometheus endpoint address (`metrics_listen`).
-    #[arg(long, env = "TESSERA_METRICS_LISTEN")]
-    pub metrics_listen: Option<SocketAddr>,
+    pub common: CommonArgs,
     /// Address clients connect to (`gate.listen`).
     #[arg(long, env = "TESSERA_GATE_LISTEN")]
     pub listen: Option<SocketAddr>,
@@ -78,12 +72,6 @@ pub struct GateArgs {
 
 impl GateArgs {
     fn apply(&self, config: &mut GateProcessConfig) {
-        if let Some(topo) = &self.topo {
-            config.topo = topo.clone();
-        }
-        if self.metrics_listen.is_some() {
-            config.metrics_listen = self.metrics_listen;
-        }
         if let Some(listen) = self.listen {
             config.gate.listen = listen;
         }
@@ -101,7 +89,7 @@ impl GateArgs {
 
 pub async fn run(args: GateArgs) -> anyhow::Result<()> {
     let shutdown = ShutdownSignal::install()?;
-    let Some(config) = args.config.resolve(|config| args.apply(config))? else {
+    let Some(config) = args.common.resolve(|config| args.apply(config))? else {
         return Ok(());
     };
     serve_metrics(config.metrics_listen)?;

@@ -24,8 +24,7 @@ use tessera_tablet::postgres::{PostgresConfig, PostgresError, ReplicationSource}
 use tessera_tablet::{InitialRole, Tablet, TabletConfig, TabletError};
 use tessera_topology::{TopoError, Topology};
 
-use super::config::{ComponentConfig, ConfigArgs, ConfigError, validate_topology_url};
-use super::gate::DEFAULT_TOPOLOGY_URL;
+use super::config::{CommonArgs, ComponentConfig, ConfigError, DEFAULT_TOPOLOGY_URL};
 use super::{ShutdownSignal, announce_ready, bind, connect_topology, serve_metrics};
 
 /// The tablet's directory when neither `--data-dir` nor the file says otherwise (relative to
@@ -78,15 +77,18 @@ impl ComponentConfig for TabletProcessConfig {
         })
     }
 
+    fn topology_url(&mut self) -> &mut String {
+        &mut self.topo
+    }
+
+    fn metrics_listen(&mut self) -> &mut Option<SocketAddr> {
+        &mut self.metrics_listen
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
-        validate_topology_url(Self::COMPONENT, &self.topo)?;
-        self.tablet.validate().map_err(|error| {
-            ConfigError::invalid(
-                Self::COMPONENT,
-                format!("tablet.{}", error.field),
-                error.reason,
-            )
-        })?;
+        self.tablet
+            .validate()
+            .map_err(|error| ConfigError::in_section(Self::COMPONENT, error.field, error.reason))?;
         // Tablet ids are `<zone>-<number>` by convention; requiring the zone prefix catches a
         // forgotten `--id` (two tablets with the default id would overwrite each other's
         // registration).
@@ -118,13 +120,7 @@ fn parse_setting(text: &str) -> Result<(String, String), String> {
 #[derive(Debug, Args)]
 pub struct TabletArgs {
     #[command(flatten)]
-    pub config: ConfigArgs,
-    /// Topology URL (`topo`).
-    #[arg(long, env = "TESSERA_TOPO")]
-    pub topo: Option<String>,
-    /// Prometheus endpoint address (`metrics_listen`).
-    #[arg(long, env = "TESSERA_METRICS_LISTEN")]
-    pub metrics_listen: Option<SocketAddr>,
+    pub common: CommonArgs,
     /// Tablet id, `<zone>-<number>`, unique in the cluster (`tablet.id`).
     #[arg(long, env = "TESSERA_TABLET_ID")]
     pub id: Option<String>,
@@ -169,16 +165,10 @@ pub struct TabletArgs {
 
 impl TabletArgs {
     fn apply(&self, config: &mut TabletProcessConfig) {
-        let tablet = &mut config.tablet;
-        if let Some(topo) = &self.topo {
-            config.topo = topo.clone();
-        }
-        if self.metrics_listen.is_some() {
-            config.metrics_listen = self.metrics_listen;
-        }
         if let Some(address) = self.bind_address {
             config.bind_address = address;
         }
+        let tablet = &mut config.tablet;
         let strings = [
             (&self.id, &mut tablet.id),
             (&self.zone, &mut tablet.zone),
@@ -366,7 +356,7 @@ async fn warn_on_identity_clash(topology: &Topology, config: &TabletConfig) {
 
 pub async fn run(args: TabletArgs) -> anyhow::Result<()> {
     let shutdown = ShutdownSignal::install()?;
-    let Some(mut config) = args.config.resolve(|config| args.apply(config))? else {
+    let Some(mut config) = args.common.resolve(|config| args.apply(config))? else {
         return Ok(());
     };
     serve_metrics(config.metrics_listen)?;

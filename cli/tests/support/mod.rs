@@ -24,6 +24,15 @@ pub const TESSERA: &str = env!("CARGO_BIN_EXE_tessera");
 /// How long a component may take to print `ready:` (initdb included).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// A temp dir and a private etcd whose data lives in it (killed when dropped).
+pub async fn start_etcd() -> (tempfile::TempDir, EtcdProcess) {
+    let dir = short_temp_dir();
+    let etcd = EtcdProcess::start(&dir.path().join("etcd"))
+        .await
+        .expect("start etcd");
+    (dir, etcd)
+}
+
 /// `count` distinct loopback ports that were free a moment ago. All listeners are held until
 /// every port is chosen, so the ports cannot coincide.
 pub fn free_ports(count: usize) -> Vec<u16> {
@@ -566,10 +575,7 @@ impl Deployment {
     }
 
     pub async fn start_with_replicas(shards: usize, replicas: usize) -> Deployment {
-        let dir = short_temp_dir();
-        let etcd = EtcdProcess::start(&dir.path().join("etcd"))
-            .await
-            .expect("start etcd");
+        let (dir, etcd) = start_etcd().await;
         let topo = etcd.url("/e2e");
         // A durability policy the shard can satisfy: with one tablet per shard, the primary
         // alone (consensus would otherwise rightly refuse to acknowledge writes).
@@ -688,6 +694,15 @@ impl Deployment {
             .find(|(spec, _)| spec.id == id)
             .map(|(_, process)| process)
             .unwrap_or_else(|| panic!("no tablet {id}"))
+    }
+
+    /// Runs [`walking_skeleton`] on table `orders`; on failure panics with every log tail.
+    pub async fn run_walking_skeleton(&self) {
+        if let Err(error) =
+            walking_skeleton(self.gate_port, &self.shard_ports().await, "orders").await
+        {
+            panic!("{error:#}\n{}", self.logs());
+        }
     }
 
     /// The current serving primary of every shard (see [`serving_primaries`]).
