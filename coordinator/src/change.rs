@@ -192,7 +192,7 @@ pub async fn run(
         if let Some(candidate) = &spec.candidate {
             return vec![node(candidate)];
         }
-        change
+        let (failed, mut ordered): (Vec<NodeId>, Vec<NodeId>) = change
             .default_preference(spec.believed_primary.as_deref().map(node).as_ref())
             .into_iter()
             .filter(|id| {
@@ -202,7 +202,12 @@ pub async fn run(
                         && t.status.as_ref().is_none_or(|s| s.role != "quarantined" && s.postgres_pid != 0)
                 })
             })
-            .collect()
+            .partition(|id| spec.believed_primary.as_deref() == Some(id.as_str()));
+        // Without a fixed candidate this change is a failover away from the believed primary:
+        // that tablet is the last resort, not the first choice, even when it answered (e.g.
+        // its PostgreSQL restarted after a crash and it is in its own preferred zone).
+        ordered.extend(failed);
+        ordered
     };
     let mut decided: Option<Vec<Command>> = None;
     let mut last_error = None;
