@@ -78,12 +78,14 @@ impl Backends {
                 term: 0,
             })?;
             let shard_name = keyspace_view.shards.name(shard).to_string();
-            let primary = keyspace_view.primary(shard).ok_or_else(|| AcquireError::NotServing {
-                tablet: "?".into(),
-                reason: format!("shard {keyspace}/{shard_name} has no primary"),
-                term: 0,
-            })?;
-            let tablet = view.tablets.get(primary).cloned().ok_or_else(|| AcquireError::NotServing {
+            let primary = cluster
+                .primary(keyspace, &shard_name, keyspace_view.primary(shard))
+                .ok_or_else(|| AcquireError::NotServing {
+                    tablet: "?".into(),
+                    reason: format!("shard {keyspace}/{shard_name} has no primary"),
+                    term: 0,
+                })?;
+            let tablet = view.tablets.get(&primary).cloned().ok_or_else(|| AcquireError::NotServing {
                 tablet: primary.to_string(),
                 reason: format!("primary of {keyspace}/{shard_name} is not registered"),
                 term: 0,

@@ -40,12 +40,31 @@ pub struct ClusterView {
     pub problems: Vec<String>,
 }
 
+/// What a tablet last said about itself on its status stream.
+#[derive(Debug, Clone)]
+pub struct LiveTablet {
+    pub keyspace: String,
+    pub shard: String,
+    pub serving: bool,
+    pub term: u64,
+    pub updated: std::time::Instant,
+}
+
+/// A live status older than this is ignored (the tablet may be gone).
+const LIVE_STATUS_TTL: Duration = Duration::from_secs(3);
+
 /// The live view plus the means to refresh it.
 pub struct Cluster {
     topology: Topology,
     view: ArcSwap<ClusterView>,
     /// Bumped whenever the view changes; buffered queries wait on it.
     changed: watch::Sender<u64>,
+    /// Tablets' own reports, from their status streams: who serves, in which term. The
+    /// primary a query goes to is the serving tablet with the highest term; the topology's
+    /// primary is only the fallback, so failover reaches clients even while the topology is
+    /// unavailable.
+    live: dashmap::DashMap<String, LiveTablet>,
+    streams: parking_lot::Mutex<std::collections::HashMap<String, (TabletRecord, tokio::task::JoinHandle<()>)>>,
 }
 
 impl Cluster {
@@ -57,6 +76,8 @@ impl Cluster {
             topology,
             view: ArcSwap::from_pointee(view),
             changed,
+            live: dashmap::DashMap::new(),
+            streams: parking_lot::Mutex::new(std::collections::HashMap::new()),
         }))
     }
 
@@ -74,6 +95,101 @@ impl Cluster {
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+
+    /// The tablet serving `shard` of `keyspace` now: the serving tablet with the highest term
+    /// per the tablets' own reports, else the topology's primary.
+    pub fn primary(&self, keyspace: &str, shard: &str, hint: Option<&str>) -> Option<String> {
+        let live = self
+            .live
+            .iter()
+            .filter(|entry| {
+                let t = entry.value();
+                t.serving && t.keyspace == keyspace && t.shard == shard && t.updated.elapsed() < LIVE_STATUS_TTL
+            })
+            .max_by_key(|entry| entry.value().term)
+            .map(|entry| entry.key().clone());
+        live.or_else(|| hint.map(str::to_string))
+    }
+
+    /// Ends the status streams (the gate is stopping).
+    pub fn close(&self) {
+        for (_, (_, handle)) in self.streams.lock().drain() {
+            handle.abort();
+        }
+    }
+
+    /// Keeps a status stream open to every tablet of the current view.
+    pub async fn follow_tablets(self: Arc<Self>) {
+        loop {
+            let tablets: Vec<TabletRecord> = self.view.load().tablets.values().cloned().collect();
+            {
+                let mut streams = self.streams.lock();
+                streams.retain(|id, (record, handle)| {
+                    let keep = tablets.iter().any(|t| t == record);
+                    if !keep {
+                        handle.abort();
+                        self.live.remove(id);
+                    }
+                    keep
+                });
+                for tablet in tablets {
+                    if !streams.contains_key(&tablet.id) {
+                        let handle = tokio::spawn(self.clone().follow_tablet(tablet.clone()));
+                        streams.insert(tablet.id.clone(), (tablet, handle));
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn follow_tablet(self: Arc<Self>, tablet: TabletRecord) {
+        use tessera_proto::tablet::WatchStatusRequest;
+        use tessera_proto::tablet::tablet_client::TabletClient;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let address = format!("http://{}:{}", tablet.host, tablet.grpc_port);
+            let connected = async {
+                let channel = tonic::transport::Endpoint::from_shared(address)
+                    .ok()?
+                    .connect_timeout(Duration::from_secs(1))
+                    .connect()
+                    .await
+                    .ok()?;
+                let mut client = TabletClient::new(channel);
+                client
+                    .watch_status(WatchStatusRequest { interval_ms: 500 })
+                    .await
+                    .ok()
+                    .map(|r| r.into_inner())
+            };
+            if let Ok(Some(mut stream)) = tokio::time::timeout(Duration::from_secs(2), connected).await {
+                backoff = Duration::from_millis(100);
+                while let Ok(Ok(Some(status))) = tokio::time::timeout(Duration::from_secs(3), stream.message()).await {
+                    let previous = self.live.insert(
+                        tablet.id.clone(),
+                        LiveTablet {
+                            keyspace: status.keyspace,
+                            shard: status.shard,
+                            serving: status.serving,
+                            term: status.term,
+                            updated: std::time::Instant::now(),
+                        },
+                    );
+                    let changed = previous.is_none_or(|p| p.serving != status.serving || p.term != status.term);
+                    if changed {
+                        // Wake buffered queries: a primary may have appeared.
+                        self.changed.send_modify(|n| *n += 1);
+                    }
+                }
+            }
+            if let Some(mut entry) = self.live.get_mut(&tablet.id) {
+                entry.serving = false;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
     }
 
     /// Re-reads the topology now (after the gate itself changed it, e.g. DDL).

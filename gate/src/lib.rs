@@ -37,11 +37,14 @@ pub async fn run(
     let config = Arc::new(config);
     let cluster = cluster::Cluster::load(topology).await?;
     let follow = tokio::spawn(cluster.clone().follow());
+    let follow_tablets = tokio::spawn(cluster.clone().follow_tablets());
     let backends = backend::Backends::new(config.clone(), local);
-    let shared = Arc::new(server::Shared::new(config, cluster, backends));
+    let shared = Arc::new(server::Shared::new(config, cluster.clone(), backends));
     let recovery = tokio::spawn(twopc::recovery_loop(shared.clone()));
     server::serve(listener, shared, shutdown).await;
     follow.abort();
+    follow_tablets.abort();
+    cluster.close();
     recovery.abort();
     Ok(())
 }
