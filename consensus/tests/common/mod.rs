@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod model;
+pub mod scenario;
 pub mod simulator;
 
 use std::collections::BTreeSet;
