@@ -117,6 +117,11 @@ pub fn log_tail(count: usize) -> String {
         .join("\n")
 }
 
+/// Forgets the captured log lines (tests that run one after another start afresh).
+pub fn clear_logs() {
+    ring().lock().unwrap_or_else(|p| p.into_inner()).clear();
+}
+
 /// Captured log lines containing `needle`.
 pub fn log_lines_containing(needle: &str) -> Vec<String> {
     let ring = ring().lock().unwrap_or_else(|p| p.into_inner());
@@ -153,16 +158,55 @@ where
     }
 }
 
-/// Sends `signal` to PostgreSQL's postmaster (`SIGKILL`: `kill -9` of the server an operator
-/// sees in `tessera status`), or to its whole process group for `SIGSTOP`/`SIGCONT`, so that
-/// the backends, WAL sender and checkpointer freeze too (the postmaster starts its own group).
+/// Sends `signal` to PostgreSQL: `SIGKILL` to the postmaster only (`kill -9` of the server an
+/// operator sees in `tessera status`); `SIGSTOP` and `SIGCONT` to the postmaster and every
+/// process it started (backends, WAL senders, checkpointer...), so the whole server freezes.
+/// Why not the process group: PostgreSQL makes each child the leader of its own group.
 pub fn signal_postgres(postmaster_pid: u32, signal: Signal) {
-    let pid = postmaster_pid as i32;
-    let target = match signal {
-        Signal::SIGSTOP | Signal::SIGCONT => Pid::from_raw(-pid),
-        _ => Pid::from_raw(pid),
+    match signal {
+        Signal::SIGSTOP => {
+            // The postmaster first: once stopped it starts no child we would miss.
+            send(postmaster_pid, signal);
+            children_of(postmaster_pid)
+                .into_iter()
+                .for_each(|child| send(child, signal));
+        }
+        Signal::SIGCONT => {
+            children_of(postmaster_pid)
+                .into_iter()
+                .for_each(|child| send(child, signal));
+            send(postmaster_pid, signal);
+        }
+        _ => send(postmaster_pid, signal),
+    }
+}
+
+fn send(pid: u32, signal: Signal) {
+    if let Err(error) = kill(Pid::from_raw(pid as i32), signal) {
+        // A child may exit between listing and signalling; the postmaster must not.
+        if error != nix::errno::Errno::ESRCH {
+            panic!("{signal} to PostgreSQL process {pid}: {error}");
+        }
+    }
+}
+
+/// Processes whose parent is `parent` (from /proc).
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
     };
-    kill(target, signal).unwrap_or_else(|error| panic!("{signal} to PostgreSQL {pid}: {error}"));
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            // Fields after the parenthesised command name: state, ppid, ...
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|ppid| ppid.parse::<u32>().ok());
+            ppid == Some(parent)
+        })
+        .collect()
 }
 
 /// A tablet view's status fields the tests look at, with defaults for a tablet never heard of.
@@ -557,6 +601,7 @@ impl HaCluster {
     /// Starts the cluster (options adjustable by `configure`) and waits until it is settled.
     pub async fn start(configure: impl FnOnce(&mut UpOptions)) -> HaCluster {
         capture_logs();
+        clear_logs();
         let dir = temp_dir();
         let mut options = test_options(dir.path(), 1, 3);
         configure(&mut options);
