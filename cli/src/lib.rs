@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod components;
+pub mod ha;
 pub mod layout;
 pub mod status;
 pub mod telemetry;
@@ -43,6 +44,12 @@ pub enum Command {
     Keyspace(admin::keyspace::KeyspaceArgs),
     /// List the shards of a keyspace.
     Shard(admin::shard::ShardArgs),
+    /// Planned primary change for a shard: drains the primary, loses nothing.
+    Switchover(ha::SwitchoverArgs),
+    /// Emergency primary change for a shard, now.
+    Failover(ha::FailoverArgs),
+    /// Durability policy of a shard.
+    Policy(ha::PolicyArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -73,6 +80,9 @@ pub fn main() -> ExitCode {
             Command::Coordinator(args) => components::coordinator::run(args).await,
             Command::Keyspace(args) => admin::keyspace::run(args).await,
             Command::Shard(args) => admin::shard::run(args).await,
+            Command::Switchover(args) => ha::switchover(args).await,
+            Command::Failover(args) => ha::failover(args).await,
+            Command::Policy(args) => ha::policy(args).await,
         }
     });
     // Background tasks (status streams, watches) must not delay the exit.

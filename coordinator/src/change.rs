@@ -277,7 +277,14 @@ pub async fn run(
 
     let mut queue: VecDeque<Command> = commands.into();
     let mut repoints = Vec::new();
+    let repointed: Arc<parking_lot::Mutex<BTreeSet<NodeId>>> = Arc::default();
+    let mut late_listener = None;
+    let mut answers_rx = Some(answers_rx);
     let mut leader = None;
+    let repoint_request = |primary_record: &TabletRecord| RepointRequest {
+        stamp: Some(stamp.clone()),
+        primary: Some(peer(primary_record)),
+    };
     while let Some(command) = queue.pop_front() {
         let next = match command {
             Command::CatchUp { candidate, source, up_to, .. } => {
@@ -314,25 +321,38 @@ pub async fn run(
             }
             Command::Repoint { node: follower, primary, .. } => {
                 if let (Some(target), Some(primary_record)) = (record(&follower).cloned(), record(&primary).cloned()) {
-                    let client = clients.get(&target);
-                    let request = RepointRequest {
-                        stamp: Some(stamp.clone()),
-                        primary: Some(peer(&primary_record)),
-                    };
-                    let timeout = timeouts.repoint;
-                    repoints.push(tokio::spawn(async move {
-                        let result = match client {
-                            Ok(mut client) => call(timeout, "repoint", client.repoint(request)).await,
-                            Err(error) => Err(error.to_string()),
-                        };
-                        match result {
-                            Ok(response) if response.quarantined => {
-                                tracing::error!(tablet = %target.id, message = %response.message, "tablet quarantined")
+                    repointed.lock().insert(follower.clone());
+                    repoints.push(spawn_repoint(
+                        clients.get(&target).map_err(|e| e.to_string()),
+                        repoint_request(&primary_record),
+                        timeouts.repoint,
+                        target.id.clone(),
+                    ));
+                    // Tablets whose recruitment answer comes after the decision are part of
+                    // the term too, but the core only knows the answers it had: repoint each
+                    // late one as it arrives (a healthy standby often answers last, and it is
+                    // the one that can acknowledge the establishment soonest).
+                    if let Some(mut rx) = answers_rx.take() {
+                        let repointed = repointed.clone();
+                        let targets: Vec<(String, Result<_, String>)> = spec
+                            .tablets
+                            .iter()
+                            .map(|t| (t.record.id.clone(), clients.get(&t.record).map_err(|e| e.to_string())))
+                            .collect();
+                        let request = repoint_request(&primary_record);
+                        let timeout = timeouts.repoint;
+                        let primary_id = primary.clone();
+                        late_listener = Some(tokio::spawn(async move {
+                            while let Some((late, result)) = rx.recv().await {
+                                let joined = matches!(result, Ok(ref r) if matches!(r.outcome, Some(recruit_response::Outcome::Log(_))));
+                                if joined && late != primary_id && repointed.lock().insert(late.clone())
+                                    && let Some((id, client)) = targets.iter().find(|(id, _)| id == late.as_str())
+                                {
+                                    let _ = spawn_repoint(client.clone(), request.clone(), timeout, id.clone()).await;
+                                }
                             }
-                            Ok(response) => tracing::info!(tablet = %target.id, rewound = response.rewound, "repointed"),
-                            Err(error) => tracing::warn!(tablet = %target.id, %error, "repoint failed; a later repair will retry"),
-                        }
-                    }));
+                        }));
+                    }
                 }
                 Vec::new()
             }
@@ -373,7 +393,31 @@ pub async fn run(
         record_primary(topology.clone(), spec.keyspace.clone(), spec.shard.clone(), leader.clone(), term.0);
     }
     drop(repoints);
+    drop(late_listener);
     Ok(ChangeOutcome { term: term.0, leader })
+}
+
+/// Repoints one tablet in the background, logging the outcome (a failure is repaired later by
+/// the coordinators' ReplicaNotReplicating recovery).
+fn spawn_repoint(
+    client: Result<tessera_proto::tablet::tablet_client::TabletClient<tonic::transport::Channel>, String>,
+    request: RepointRequest,
+    timeout: Duration,
+    tablet: String,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let result = match client {
+            Ok(mut client) => call(timeout, "repoint", client.repoint(request)).await,
+            Err(error) => Err(error),
+        };
+        match result {
+            Ok(response) if response.quarantined => {
+                tracing::error!(%tablet, message = %response.message, "tablet quarantined")
+            }
+            Ok(response) => tracing::info!(%tablet, rewound = response.rewound, "repointed"),
+            Err(error) => tracing::warn!(%tablet, %error, "repoint failed; a later repair will retry"),
+        }
+    })
 }
 
 /// Records the new primary in the topology, retrying in the background while the topology is

@@ -41,6 +41,8 @@ const REPLAY_TIMEOUT: Duration = Duration::from_secs(30);
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
 const PROMOTE_TIMEOUT: Duration = Duration::from_secs(30);
 const ESTABLISH_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a standby may take to start streaming from a new upstream before it is rewound.
+const FOLLOW_CONFIRM_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Why a consensus RPC failed. Refusals are answers, not failures.
 #[derive(Debug, thiserror::Error)]
@@ -193,15 +195,15 @@ impl Tablet {
     }
 
     /// Admits a stamped request. A newer term makes this node step down at once and persist
-    /// the term before anything else happens.
-    pub(crate) async fn admit(&self, stamp: &Stamp) -> Result<(), ConsensusError> {
+    /// the term before anything else happens; returns whether it did (joined the term now).
+    pub(crate) async fn admit(&self, stamp: &Stamp) -> Result<bool, ConsensusError> {
         let step = {
             let mut node = self.consensus().node.lock();
             node.admit(stamp.term, &stamp.agent).map_err(ConsensusError::Refused)?
         };
         match step {
-            NodeStep::Act => Ok(()),
-            NodeStep::ActAfterPersist => self.wait_persisted(stamp).await,
+            NodeStep::Act => Ok(false),
+            NodeStep::ActAfterPersist => self.wait_persisted(stamp).await.map(|()| false),
             NodeStep::PersistThenAct(next) => {
                 self.step_down(stamp.term.0).await;
                 let file_state = next.clone();
@@ -219,7 +221,7 @@ impl Tablet {
                 }
                 tracing::info!(tablet = %self.id(), term = stamp.term.0, agent = %stamp.agent, "joined term");
                 self.notify_changed();
-                Ok(())
+                Ok(true)
             }
         }
     }
@@ -336,12 +338,15 @@ impl Tablet {
 
     /// Recruit: join the term (stepping down), wait for replay to catch up, report the log.
     pub async fn recruit(&self, stamp: &Stamp) -> Result<LogSummary, ConsensusError> {
-        self.admit(stamp).await?;
+        let joined = self.admit(stamp).await?;
         let _operation = self.consensus().operations.lock().await;
         self.still_current(stamp)?;
         if let Ok(ServerRole::Standby) = self.postgres().role().await {
-            // Stepping down stopped the receiver; replay what was received before answering.
-            self.postgres().stop_following(STOP_FOLLOWING_TIMEOUT).await?;
+            // Joining stopped the receiver already; a repeated recruit (a retry) makes sure.
+            if !joined {
+                self.postgres().stop_following(STOP_FOLLOWING_TIMEOUT).await?;
+            }
+            // Replay what was received before answering.
             self.postgres().wait_replay_caught_up(REPLAY_TIMEOUT).await?;
             self.set_following(None);
         }
@@ -361,13 +366,13 @@ impl Tablet {
         self.admit(stamp).await?;
         let _operation = self.consensus().operations.lock().await;
         self.still_current(stamp)?;
-        if source_id != self.id() {
+        let (current, _) = self.log_summary().await?;
+        // Already there (typical in a planned switchover): nothing to stream.
+        if source_id != self.id() && current.last < up_to {
             let role = self.postgres().role().await?;
-            if role == ServerRole::Primary || self.postgres().needs_rewind(source).await? {
+            if role == ServerRole::Primary || !self.follow_and_confirm(source).await {
                 tracing::info!(tablet = %self.id(), source = source_id, "rewinding before catching up");
                 self.postgres().rewind_from(source).await?;
-            } else {
-                self.postgres().follow(source).await?;
             }
             self.set_following(Some(source_id.to_string()));
             let deadline = Instant::now() + CATCH_UP_TIMEOUT;
@@ -392,6 +397,27 @@ impl Tablet {
         let (summary, _) = self.log_summary().await?;
         self.still_current(stamp)?;
         Ok(summary.last)
+    }
+
+    /// Points this standby's WAL receiver at `source` and waits (bounded) until it streams.
+    /// False when it does not: the source's timeline is not a continuation of this server's
+    /// WAL (or the source is unreachable), and the caller falls back to pg_rewind.
+    async fn follow_and_confirm(&self, source: &ReplicationSource) -> bool {
+        if let Err(error) = self.postgres().follow(source).await {
+            tracing::info!(tablet = %self.id(), %error, "cannot follow; will rewind");
+            return false;
+        }
+        let deadline = Instant::now() + FOLLOW_CONFIRM_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Ok(position) = self.postgres().wal_position().await
+                && position.wal_receiver_status.as_deref() == Some("streaming")
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tracing::info!(tablet = %self.id(), source = %source.address(), "WAL receiver did not start streaming; will rewind");
+        false
     }
 
     /// Promote: make PostgreSQL writable. Clients are still refused until `delegate`.
@@ -425,18 +451,24 @@ impl Tablet {
             return Ok(pb::RepointResponse::default());
         }
         let role = self.postgres().role().await.ok();
-        let diverged = match role {
+        let mut diverged = match role {
             // A former primary is always run through pg_rewind (a no-op when nothing diverged):
             // it may hold commits that were never acknowledged.
             Some(ServerRole::Primary) | None => true,
-            Some(ServerRole::Standby) => self.postgres().needs_rewind(source).await.unwrap_or(true),
+            // A standby first simply follows: PostgreSQL itself refuses to stream a timeline
+            // that is not a continuation of its own, which is the authoritative divergence
+            // check (a stopped receiver makes the standby's own timeline report lag).
+            Some(ServerRole::Standby) => !self.follow_and_confirm(source).await,
         };
         let result = if diverged {
             tracing::info!(tablet = %self.id(), primary = primary_id, "rewinding to follow the new primary");
             self.postgres().rewind_from(source).await
         } else {
-            self.postgres().follow(source).await
+            Ok(())
         };
+        if result.is_err() && !diverged {
+            diverged = true;
+        }
         match result {
             Ok(()) => {
                 self.still_current(stamp)?;
