@@ -30,6 +30,10 @@ use crate::change::Timeouts;
 use crate::client::Clients;
 use crate::observe::Observer;
 
+/// Lease of the shard lock. The holder renews it while alive; a holder that dies (kill -9)
+/// blocks others for at most this long.
+pub const SHARD_LOCK_TTL: Duration = Duration::from_secs(4);
+
 /// Why a coordinator stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum CoordinatorError {
@@ -136,7 +140,7 @@ pub async fn run(
                 // The shard lock only avoids collisions; without a topology, go ahead anyway.
                 let lock = tokio::time::timeout(
                     Duration::from_millis(500),
-                    topology.lock_shard(&keyspace, &shard.record.name, Duration::from_secs(30)),
+                    topology.lock_shard(&keyspace, &shard.record.name, SHARD_LOCK_TTL),
                 )
                 .await;
                 let guard = match lock {

@@ -78,7 +78,7 @@ pub async fn switchover(
         }
         None => None,
     };
-    let _lock = tokio::time::timeout(Duration::from_secs(5), topology.lock_shard(keyspace, shard, Duration::from_secs(30)))
+    let _lock = tokio::time::timeout(Duration::from_secs(5), topology.lock_shard(keyspace, shard, crate::SHARD_LOCK_TTL))
         .await
         .ok()
         .and_then(Result::ok);

@@ -116,7 +116,18 @@ impl Pool {
             error: "pool closed".into(),
         })?;
         let generation = self.inner.generation.load(Ordering::Acquire);
-        let idle = self.inner.idle.lock().pop();
+        // Skip idle connections the server closed meanwhile, so a query never goes out on a
+        // connection that is already dead (after a server restart or failover).
+        let idle = loop {
+            let candidate = self.inner.idle.lock().pop();
+            match candidate {
+                Some(conn) if conn.stream.is_dead() => {
+                    tracing::debug!(pool = %config.name, "dropping a dead idle connection");
+                    continue;
+                }
+                other => break other,
+            }
+        };
         let conn = match idle {
             Some(conn) => conn,
             None => ServerConn::connect(&config.connect)

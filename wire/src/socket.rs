@@ -46,6 +46,21 @@ impl Socket {
         }
     }
 
+    /// Whether the peer closed the connection (or sent something unasked, such as the FATAL a
+    /// terminated backend sends before closing): a non-blocking peek, no waiting.
+    fn peer_closed(&self) -> bool {
+        let mut byte = [0u8; 1];
+        let result = match self {
+            Socket::Tcp(s) => s.try_read(&mut byte),
+            Socket::Unix(s) => s.try_read(&mut byte),
+        };
+        match result {
+            Err(error) => error.kind() != io::ErrorKind::WouldBlock,
+            // EOF, or unsolicited bytes on an idle connection: not usable either way.
+            Ok(_) => true,
+        }
+    }
+
     /// Peer address for logs.
     pub fn peer(&self) -> String {
         match self {
@@ -117,6 +132,11 @@ impl PgStream {
 
     pub fn socket(&self) -> &Socket {
         &self.socket
+    }
+
+    /// An idle connection whose peer has gone away (server restarted, backend terminated).
+    pub fn is_dead(&self) -> bool {
+        !self.read_buf.is_empty() || self.socket.peer_closed()
     }
 
     /// Reads more bytes from the socket; an orderly close by the peer is `UnexpectedEof`.
