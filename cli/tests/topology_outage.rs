@@ -99,22 +99,28 @@ async fn count_is(port: u16, expected: i64) -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-#[ignore = "needs consensus failover (issue 4): nothing replaces a dead primary yet"]
-async fn failover_during_a_topology_outage_needs_consensus() {
+async fn failover_during_a_topology_outage() {
     // Goal (issue 5, "survives topology trouble"): with etcd stopped, killing a shard's primary
     // tablet must not stop writes for long: the coordinator fails over from tablet state alone
-    // and the gate follows the tablets' health streams. Today the coordinator does not fail
-    // over, so this test fails by design and stays ignored until issue 4 lands.
-    let mut deployment = Deployment::start_with_replicas(1, 2).await;
+    // and the gate follows the tablets' health streams. Three tablets: under at_least_n(2) the
+    // survivors must still form a durability group.
+    let mut deployment = Deployment::start_with_replicas(1, 3).await;
     let port = deployment.gate_port;
     deployment.run_walking_skeleton().await;
-    deployment.etcd.stop();
+    // Find the primary while the topology still answers `tessera status`.
     let primary = deployment.shard_ports().await[0].tablet.clone();
+    deployment.etcd.stop();
     deployment.tablet(&primary).kill().await;
-    eventually(
-        "writes after failover during an etcd outage",
-        Duration::from_secs(30),
-        || write_and_read(port, "orders", 4242),
-    )
-    .await;
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(40),
+        eventually(
+            "writes after failover during an etcd outage",
+            Duration::from_secs(30),
+            || write_and_read(port, "orders", 4242),
+        ),
+    );
+    let result = std::panic::AssertUnwindSafe(outcome);
+    if futures::FutureExt::catch_unwind(result).await.is_err() {
+        panic!("no failover during the etcd outage; component logs:\n{}", deployment.logs());
+    }
 }

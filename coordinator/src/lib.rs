@@ -61,6 +61,11 @@ struct ShardMemory {
     term_rose: Instant,
     /// A recovery task is running.
     busy: bool,
+    /// Failed recoveries in a row, and no new attempt before `retry_at` (randomized
+    /// exponential backoff: coordinators racing without a lock must not keep stealing each
+    /// other's terms).
+    failures: u32,
+    retry_at: Instant,
 }
 
 /// Runs one coordinator until `shutdown` resolves.
@@ -107,6 +112,8 @@ pub async fn run(
                     term: highest,
                     term_rose: long_ago(),
                     busy: false,
+                    failures: 0,
+                    retry_at: Instant::now(),
                 });
                 if highest > entry.term {
                     entry.term = highest;
@@ -121,7 +128,7 @@ pub async fn run(
                         Instant::now()
                     });
                 }
-                if entry.busy {
+                if entry.busy || Instant::now() < entry.retry_at {
                     None
                 } else {
                     choose(&config, entry, &problems)
@@ -138,11 +145,19 @@ pub async fn run(
             tokio::spawn(async move {
                 tokio::time::sleep(jitter).await;
                 // The shard lock only avoids collisions; without a topology, go ahead anyway.
-                let lock = tokio::time::timeout(
-                    Duration::from_millis(500),
-                    topology.lock_shard(&keyspace, &shard.record.name, SHARD_LOCK_TTL),
-                )
-                .await;
+                let lock = if observer.topology_available() {
+                    tokio::time::timeout(
+                        Duration::from_millis(500),
+                        topology.lock_shard(&keyspace, &shard.record.name, SHARD_LOCK_TTL),
+                    )
+                    .await
+                } else {
+                    tracing::info!(keyspace = %keyspace, shard = %shard.record.name, "topology unavailable: recovering without the shard lock");
+                    Ok(Err(TopoError::Unavailable {
+                        endpoint: "topology".into(),
+                        reason: "not answering".into(),
+                    }))
+                };
                 let guard = match lock {
                     Ok(Ok(guard)) => Some(guard),
                     Ok(Err(error)) if error.is_retryable() => None,
@@ -162,6 +177,7 @@ pub async fn run(
                     .into_iter()
                     .find(|(k, s)| *k == keyspace && s.record.name == shard.record.name)
                     .map(|(_, s)| s);
+                let mut failed = false;
                 if let Some(current) = current
                     && analyse(&current).contains(&problem)
                 {
@@ -177,6 +193,7 @@ pub async fn run(
                         }
                         Ok(None) => {}
                         Err(error) => {
+                            failed = true;
                             metrics::counter!("tessera_coordinator_recovery_failures_total", "kind" => problem.kind()).increment(1);
                             tracing::warn!(keyspace = %keyspace, shard = %current.record.name, %problem, %error, "recovery failed; will retry");
                         }
@@ -188,6 +205,13 @@ pub async fn run(
                 let mut memory = memory.lock();
                 let entry = memory.get_mut(&(keyspace, shard.record.name.clone())).expect("entry");
                 entry.busy = false;
+                if failed {
+                    entry.failures = (entry.failures + 1).min(6);
+                    let ceiling_ms = 250u64 << entry.failures;
+                    entry.retry_at = Instant::now() + Duration::from_millis(rand::random_range(ceiling_ms / 2..=ceiling_ms));
+                } else {
+                    entry.failures = 0;
+                }
                 // Terms raised during our own work are not another agent's.
                 entry.term_rose = long_ago();
                 if let Some(highest) = observer_highest(&observer, &entry_key(&shard)) {

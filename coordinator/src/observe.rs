@@ -33,6 +33,8 @@ pub struct Observer {
     streams: parking_lot::Mutex<HashMap<String, (TabletRecord, JoinHandle<()>)>>,
     /// Last topology read (kept while the topology is unavailable).
     records: parking_lot::RwLock<(Vec<ShardRecord>, Vec<TabletRecord>)>,
+    /// When the topology last answered.
+    topology_seen: parking_lot::Mutex<Option<Instant>>,
 }
 
 impl Observer {
@@ -44,6 +46,7 @@ impl Observer {
             statuses: Arc::new(DashMap::new()),
             streams: parking_lot::Mutex::new(HashMap::new()),
             records: parking_lot::RwLock::new((Vec::new(), Vec::new())),
+            topology_seen: parking_lot::Mutex::new(None),
         })
     }
 
@@ -92,6 +95,15 @@ impl Observer {
             }
         }
         *self.records.write() = (shards, tablets);
+        *self.topology_seen.lock() = Some(Instant::now());
+    }
+
+    /// Whether the topology answered recently. When it does not, recoveries go ahead without
+    /// the shard lock (which is only a contention reducer; terms keep them safe).
+    pub fn topology_available(&self) -> bool {
+        self.topology_seen
+            .lock()
+            .is_some_and(|seen| seen.elapsed() < Duration::from_secs(3))
     }
 
     /// Every shard with its tablets as seen now.
