@@ -4,6 +4,7 @@
 //! a short temporary directory the unprivileged `postgres` user can enter, with `fsync=off`.
 
 pub mod ha;
+pub mod processes;
 pub mod proxy;
 pub mod workload;
 
