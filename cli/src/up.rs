@@ -18,10 +18,10 @@ use tessera_tablet::postgres::{DEFAULT_BIN_DIR, PostgresConfig};
 use tessera_tablet::{InitialRole, Tablet, TabletConfig};
 use tessera_topology::records::{KeyspaceRecord, ShardRecord};
 use tessera_topology::{TopoError, TopoServer, Topology};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::components::{ShutdownSignal, bind};
 use crate::layout::{Layout, TabletSpec};
 
 #[derive(Debug, Args)]
@@ -150,16 +150,6 @@ fn resolve_layout(options: &UpOptions) -> anyhow::Result<Layout> {
         );
     }
     Ok(stored)
-}
-
-async fn bind(address: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(address).await.map_err(|error| {
-        if error.kind() == std::io::ErrorKind::AddrInUse {
-            anyhow::anyhow!("port {} ({what}) is already in use: stop the process using it or choose another port", address.port())
-        } else {
-            anyhow::anyhow!("cannot listen on {address} ({what}): {error}")
-        }
-    })
 }
 
 /// Creates the keyspace and shard records on first start; keeps existing ones.
@@ -408,27 +398,10 @@ fn tablet_config(spec: &TabletSpec, layout: &Layout, options: &UpOptions, primar
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-}
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    // Registered first, so a Ctrl-C during a long start (initdb) still stops cleanly.
+    let shutdown = ShutdownSignal::install()?;
     if args.metrics_port != 0 {
         crate::telemetry::serve_metrics(SocketAddr::from(([127, 0, 0, 1], args.metrics_port)))
             .map_err(anyhow::Error::msg)?;
@@ -455,8 +428,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     };
     let cluster = LocalCluster::start(options).await?;
     println!("ready: {}", cluster.url());
-    shutdown_signal().await;
-    tracing::info!("shutting down");
+    shutdown.received().await;
     cluster.stop().await;
     Ok(())
 }
