@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use stateright::{Model, Property};
 
-use super::cluster::{Action, Cluster, Config, NodeIndex, RulesetId};
+use super::cluster::{Action, AgentRef, Cluster, Config, NodeIndex, Payload, RulesetId};
 
 /// How far the model explores.
 #[derive(Clone, Debug)]
@@ -63,9 +63,20 @@ impl Model for ClusterModel {
         }]
     }
 
+    /// Actions are listed from least to most "progressing": depth-first search explores the
+    /// last one first, so a bounded depth-first run follows messages and replication before it
+    /// tries crashes and new coordinators (breadth-first search does not depend on the order).
     fn actions(&self, state: &Self::State, actions: &mut Vec<Self::Action>) {
-        for message in &state.network {
-            actions.push(Action::Deliver(message.clone()));
+        let nodes = self.config.names.len() as NodeIndex;
+        for (index, model) in state.cluster.nodes.iter().enumerate() {
+            let node = index as NodeIndex;
+            // Only crashes that lose volatile state produce anything new.
+            let volatile = model.leader.is_some()
+                || model.promoted.is_some()
+                || state.cluster.needs_flush(node);
+            if state.crashes < self.bounds.crashes && volatile {
+                actions.push(Action::Crash(node));
+            }
         }
         for (index, coordinator) in state.cluster.coordinators.iter().enumerate() {
             if coordinator.attempts >= self.bounds.attempts_per_coordinator {
@@ -90,23 +101,19 @@ impl Model for ClusterModel {
         let ghost = &state.cluster.ghost;
         for (index, model) in state.cluster.nodes.iter().enumerate() {
             let node = index as NodeIndex;
-            if model.leader.is_some() {
-                for follower in 0..self.config.names.len() as NodeIndex {
-                    let stale = state.cluster.nodes[follower as usize].log != model.log
-                        || state.cluster.nodes[follower as usize].commit < model.commit;
-                    if follower != node && stale {
-                        actions.push(Action::Replicate {
-                            leader: node,
-                            follower,
-                        });
+            if !self.config.immediate_persistence && state.cluster.needs_flush(node) {
+                actions.push(Action::Flush(node));
+            }
+            let Some(leading) = &model.leader else {
+                continue;
+            };
+            if leading.serving {
+                if ghost.handoffs < self.bounds.handoffs {
+                    for candidate in (0..nodes).filter(|candidate| *candidate != node) {
+                        actions.push(Action::BeginHandoff { node, candidate });
                     }
                 }
-            }
-            if model.leader.as_ref().is_some_and(|leading| leading.serving) {
-                if ghost.next_value < self.bounds.requests {
-                    actions.push(Action::ClientRequest(node));
-                }
-                let first_term = model.leader.as_ref().is_some_and(|leading| leading.leader.term().0 == 1);
+                let first_term = leading.leader.term().0 == 1;
                 if let Some(ruleset) = self
                     .bounds
                     .leader_rule_changes
@@ -118,24 +125,22 @@ impl Model for ClusterModel {
                         ruleset: *ruleset,
                     });
                 }
-                if ghost.handoffs < self.bounds.handoffs {
-                    for candidate in 0..self.config.names.len() as NodeIndex {
-                        if candidate != node {
-                            actions.push(Action::BeginHandoff { node, candidate });
-                        }
-                    }
+                if ghost.next_value < self.bounds.requests {
+                    actions.push(Action::ClientRequest(node));
                 }
             }
-            // Only crashes that lose volatile state produce anything new.
-            let volatile = model.leader.is_some()
-                || model.promoted.is_some()
-                || state.cluster.needs_flush(node);
-            if state.crashes < self.bounds.crashes && volatile {
-                actions.push(Action::Crash(node));
+            for follower in (0..nodes).filter(|follower| *follower != node) {
+                let behind = &state.cluster.nodes[follower as usize];
+                if behind.log != model.log || behind.commit < model.commit {
+                    actions.push(Action::Replicate {
+                        leader: node,
+                        follower,
+                    });
+                }
             }
-            if !self.config.immediate_persistence && state.cluster.needs_flush(node) {
-                actions.push(Action::Flush(node));
-            }
+        }
+        for message in &state.network {
+            actions.push(Action::Deliver(message.clone()));
         }
     }
 
@@ -154,7 +159,7 @@ impl Model for ClusterModel {
     }
 
     fn properties(&self) -> Vec<Property<Self>> {
-        vec![
+        let mut properties = vec![
             Property::always("at most one leader completes requests in a term", |_, state: &ModelState| {
                 !state.cluster.ghost.violations.two_leaders_in_a_term
             }),
@@ -170,13 +175,32 @@ impl Model for ClusterModel {
             Property::always("no completion under a stale ruleset", |_, state: &ModelState| {
                 !state.cluster.ghost.violations.stale_ruleset
             }),
-            // Reachability: without these, the invariants could hold vacuously.
-            Property::sometimes("a request is acknowledged", |_, state: &ModelState| {
-                !state.cluster.ghost.acknowledged.is_empty()
-            }),
+            // Reachability goals: without them the invariants could hold vacuously.
             Property::sometimes("a new term completes requests", |_, state: &ModelState| {
                 state.cluster.ghost.completers.iter().any(|(term, _)| *term > 1)
             }),
-        ]
+        ];
+        if self.bounds.requests > 0 {
+            properties.push(Property::sometimes("a request is acknowledged", |_, state: &ModelState| {
+                !state.cluster.ghost.acknowledged.is_empty()
+            }));
+        }
+        if !self.bounds.leader_rule_changes.is_empty() || self.bounds.coordinator_rule_change.is_some() {
+            properties.push(Property::sometimes("a ruleset change commits", |_, state: &ModelState| {
+                state.cluster.ghost.committed.iter().any(|entry| {
+                    matches!(entry.payload, Payload::Rules(ruleset) | Payload::Establish(ruleset) if ruleset != 0)
+                })
+            }));
+        }
+        if self.bounds.handoffs > 0 {
+            properties.push(Property::sometimes("a planned hand-off establishes the next term", |_, state: &ModelState| {
+                state.cluster.nodes.iter().any(|model| {
+                    model.leader.as_ref().is_some_and(|leading| {
+                        matches!(leading.agent, AgentRef::Handoff(_)) && leading.leader.is_established()
+                    })
+                })
+            }));
+        }
+        properties
     }
 }
