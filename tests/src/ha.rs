@@ -731,7 +731,13 @@ impl HaCluster {
                         .await
                 }
             };
-            if !conninfo.contains(&format!("port={primary_proxy}")) {
+            let through_proxy = [
+                format!("port={primary_proxy}"),
+                format!("port='{primary_proxy}'"),
+            ]
+            .iter()
+            .any(|setting| conninfo.split_whitespace().any(|word| word == setting));
+            if !through_proxy {
                 self.watch
                     .fail(&format!("{replica} streams with {conninfo:?}, not through proxy port {primary_proxy}"))
                     .await;

@@ -203,6 +203,7 @@ async fn sigstop_of_the_primarys_postgres_then_sigcont_never_lets_it_accept_writ
         .wait_for_primary(before.term, FAILOVER_TIMEOUT)
         .await;
     let new_term_seen = Instant::now();
+    let failover_time = new_term_seen.duration_since(stopped_at);
     assert_ne!(primary, before.primary, "a frozen PostgreSQL cannot lead");
     let more = workload.wait_for_more(WRITES_AFTER, FAILOVER_TIMEOUT).await;
     cluster
@@ -232,7 +233,7 @@ async fn sigstop_of_the_primarys_postgres_then_sigcont_never_lets_it_accept_writ
         before.primary
     );
     eprintln!(
-        "SIGSTOP: {} frozen for {frozen_for:?}; {primary} leads term {term}; {}",
+        "SIGSTOP: {} frozen for {frozen_for:?}; {primary} leads term {term} {failover_time:?} after the SIGSTOP; {}",
         before.primary,
         history.summary()
     );
