@@ -19,19 +19,23 @@ fn run_many(seeds: std::ops::Range<u64>) {
     let started = Instant::now();
     let count = seeds.end - seeds.start;
     let (mut acknowledged, mut terms, mut changes, mut idle) = (0usize, 0usize, 0usize, 0usize);
+    let (mut handoffs, mut observed) = (0usize, 0usize);
     for seed in seeds {
         let outcome = run_seed(seed, SimulationOptions::default());
         assert!(outcome.violations.is_empty(), "{}", failure_report(&outcome));
         acknowledged += outcome.acknowledged;
         terms += outcome.terms_completed;
         changes += outcome.rule_changes_committed;
+        handoffs += outcome.handoffs;
+        observed += usize::from(outcome.observer);
         if outcome.acknowledged == 0 {
             idle += 1;
         }
     }
     println!(
         "{count} seeds in {:?}: {acknowledged} requests acknowledged, {terms} terms completed, \
-         {changes} ruleset changes committed, {idle} seeds acknowledged nothing",
+         {changes} ruleset changes committed, {handoffs} planned hand-offs, {observed} seeds with an \
+         observer, {idle} seeds acknowledged nothing",
         started.elapsed()
     );
     // The invariants only mean something if the runs do real work: most seeds must elect
@@ -39,6 +43,7 @@ fn run_many(seeds: std::ops::Range<u64>) {
     assert!(idle * 10 <= count as usize, "{idle} of {count} seeds acknowledged nothing");
     assert!(terms >= 3 * count as usize, "only {terms} terms completed over {count} seeds");
     assert!(changes >= count as usize / 10, "only {changes} ruleset changes committed");
+    assert!(handoffs >= count as usize / 10, "only {handoffs} planned hand-offs");
 }
 
 #[test]

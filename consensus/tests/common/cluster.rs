@@ -408,6 +408,8 @@ pub struct Ghost {
     pub rule_changes: u8,
     /// Planned hand-offs begun so far.
     pub handoffs: u8,
+    /// Terms established through a planned hand-off.
+    pub handoffs_established: u16,
     /// What went wrong.
     pub violations: Violations,
 }
@@ -1117,9 +1119,13 @@ impl Cluster {
         let log_prefix = model.log[..durable as usize].to_vec();
         let agent = leading.agent;
         let establishment = position(leading.leader.establishment());
-        if progress.established && matches!(agent, AgentRef::Handoff(_)) {
+        let handed_off = progress.established && matches!(agent, AgentRef::Handoff(_));
+        if handed_off {
             // A planned hand-off delegates the term together with the request to establish it.
             leading.serving = true;
+        }
+        if handed_off {
+            self.ghost.handoffs_established = self.ghost.handoffs_established.saturating_add(1);
         }
         self.record_completion(config, leader_node, leader_term, &rules, &log_prefix);
         self.acknowledge(acknowledged);

@@ -55,6 +55,10 @@ pub struct Outcome {
     pub terms_completed: usize,
     /// Ruleset changes that committed.
     pub rule_changes_committed: usize,
+    /// Terms established by a planned hand-off.
+    pub handoffs: usize,
+    /// Whether the cluster had an observer.
+    pub observer: bool,
     /// Violated invariants (empty when the run is correct).
     pub violations: Vec<&'static str>,
     /// Step at which the first violation was detected.
@@ -538,6 +542,8 @@ impl Simulation {
             acknowledged: ghost.acknowledged.len(),
             terms_completed: ghost.completers.len(),
             rule_changes_committed: committed_changes,
+            handoffs: ghost.handoffs_established as usize,
+            observer: !self.config.observers.is_empty(),
             violations: ghost.violations.names(),
             violation_step,
             trace: if violation_step.is_some() { self.formatted_trace() } else { Vec::new() },
