@@ -95,7 +95,13 @@ pub async fn switchover(args: SwitchoverArgs) -> anyhow::Result<()> {
 
 pub async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
     let topology = args.topo.connect().await?;
-    let outcome = operations::failover(&topology, &args.target.keyspace, &args.target.shard, args.to.as_deref()).await?;
+    let outcome = operations::failover(
+        &topology,
+        &args.target.keyspace,
+        &args.target.shard,
+        args.to.as_deref(),
+    )
+    .await?;
     println!(
         "failed over {}/{} to {} in term {}",
         args.target.keyspace, args.target.shard, outcome.leader, outcome.term
@@ -125,12 +131,14 @@ pub async fn policy(args: PolicyArgs) -> anyhow::Result<()> {
     let mut cohort = Cohort::new();
     for tablet in &tablets {
         cohort.insert(
-            NodeId::new(tablet.id.clone()).map_err(|e| anyhow::anyhow!("tablet id {}: {e}", tablet.id))?,
+            NodeId::new(tablet.id.clone())
+                .map_err(|e| anyhow::anyhow!("tablet id {}: {e}", tablet.id))?,
             NodeProperties::in_zone(tablet.zone.clone()),
         );
     }
-    spec.compile(&cohort)
-        .map_err(|e| anyhow::anyhow!("policy {canonical} cannot work for the tablets of {keyspace}/{shard}: {e}"))?;
+    spec.compile(&cohort).map_err(|e| {
+        anyhow::anyhow!("policy {canonical} cannot work for the tablets of {keyspace}/{shard}: {e}")
+    })?;
     topology
         .update_shard(keyspace, shard, |record| {
             record.policy = canonical.clone();
@@ -138,7 +146,9 @@ pub async fn policy(args: PolicyArgs) -> anyhow::Result<()> {
         })
         .await
         .with_context(|| format!("recording the policy of {keyspace}/{shard}"))?;
-    println!("policy of {keyspace}/{shard} set to {canonical}; waiting for the coordinators to put it in force");
+    println!(
+        "policy of {keyspace}/{shard} set to {canonical}; waiting for the coordinators to put it in force"
+    );
     if args.wait_secs == 0 {
         return Ok(());
     }
@@ -151,7 +161,10 @@ pub async fn policy(args: PolicyArgs) -> anyhow::Result<()> {
             && let Some(status) = &leader.status
         {
             if status.policy == canonical {
-                println!("{keyspace}/{shard} runs {canonical} (term {}, primary {})", status.term, status.id);
+                println!(
+                    "{keyspace}/{shard} runs {canonical} (term {}, primary {})",
+                    status.term, status.id
+                );
                 return Ok(());
             }
             last = if status.commits_waiting > 0 {

@@ -49,17 +49,33 @@ impl Layout {
         }
         let tablets = self.shards * self.replicas;
         if usize::from(self.base_port) + 2000 + tablets > usize::from(u16::MAX) {
-            bail!("--base-port {} leaves no room for {tablets} tablets' ports", self.base_port);
+            bail!(
+                "--base-port {} leaves no room for {tablets} tablets' ports",
+                self.base_port
+            );
         }
-        if self.keyspace.is_empty() || !self.keyspace.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            bail!("keyspace name {:?} must be letters, digits and '_'", self.keyspace);
+        if self.keyspace.is_empty()
+            || !self
+                .keyspace
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            bail!(
+                "keyspace name {:?} must be letters, digits and '_'",
+                self.keyspace
+            );
         }
         Ok(())
     }
 
     pub fn shard_names(&self) -> anyhow::Result<Vec<String>> {
         Ok(KeyRange::split_evenly(self.shards)
-            .map_err(|e| anyhow::anyhow!("cannot split the key space into {} shards: {e}", self.shards))?
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot split the key space into {} shards: {e}",
+                    self.shards
+                )
+            })?
             .iter()
             .map(|range| range.to_string())
             .collect())
@@ -93,8 +109,12 @@ impl Layout {
         let path = data_dir.join(LAYOUT_FILE);
         match std::fs::read(&path) {
             Ok(bytes) => {
-                let layout: Layout = serde_json::from_slice(&bytes)
-                    .with_context(|| format!("{} is corrupt; move the data dir aside to start a new cluster", path.display()))?;
+                let layout: Layout = serde_json::from_slice(&bytes).with_context(|| {
+                    format!(
+                        "{} is corrupt; move the data dir aside to start a new cluster",
+                        path.display()
+                    )
+                })?;
                 Ok(Some(layout))
             }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -107,7 +127,8 @@ impl Layout {
         let temp = data_dir.join(format!("{LAYOUT_FILE}.tmp"));
         std::fs::write(&temp, serde_json::to_vec_pretty(self)?)
             .with_context(|| format!("data dir {} is not writable", data_dir.display()))?;
-        std::fs::rename(&temp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::rename(&temp, &path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
         Ok(())
     }
 }
@@ -127,7 +148,10 @@ mod tests {
         };
         layout.validate().unwrap();
         let tablets = layout.tablets(Path::new("/d")).unwrap();
-        let ids: Vec<_> = tablets.iter().map(|t| (t.id.as_str(), t.shard.as_str())).collect();
+        let ids: Vec<_> = tablets
+            .iter()
+            .map(|t| (t.id.as_str(), t.shard.as_str()))
+            .collect();
         assert_eq!(
             ids,
             vec![
@@ -153,6 +177,12 @@ mod tests {
             zones: 3,
             base_port: 25432,
         };
-        assert!(layout.validate().unwrap_err().to_string().contains("--shards"));
+        assert!(
+            layout
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--shards")
+        );
     }
 }

@@ -18,7 +18,12 @@ pub struct TopoArgs {
     #[arg(long, global = true, default_value = "memory", env = "TESSERA_TOPO")]
     pub topo: String,
     /// Admin endpoint of `tessera up`, used with `--topo memory`.
-    #[arg(long, global = true, default_value = "127.0.0.1:15999", env = "TESSERA_ADMIN")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "127.0.0.1:15999",
+        env = "TESSERA_ADMIN"
+    )]
     pub admin: String,
 }
 
@@ -117,7 +122,12 @@ async fn tablet_status(record: &TabletRecord, primary_hint: Option<&str>) -> Tab
             zone: record.zone.clone(),
             shard: record.shard.clone(),
             // Unreachable: show the role the topology last recorded.
-            role: if primary_hint == Some(record.id.as_str()) { "primary" } else { "replica" }.into(),
+            role: if primary_hint == Some(record.id.as_str()) {
+                "primary"
+            } else {
+                "replica"
+            }
+            .into(),
             term: 0,
             postgres_pid: 0,
             postgres_port: record.postgres_port,
@@ -136,9 +146,16 @@ async fn tablet_status(record: &TabletRecord, primary_hint: Option<&str>) -> Tab
 
 /// Gathers the status of the whole cluster.
 pub async fn collect(topology: &Topology) -> anyhow::Result<ClusterStatus> {
-    let tablets = topology.list_tablets(None).await.context("listing tablets")?;
+    let tablets = topology
+        .list_tablets(None)
+        .await
+        .context("listing tablets")?;
     let mut keyspaces = Vec::new();
-    for (keyspace, _) in topology.list_keyspaces().await.context("listing keyspaces")? {
+    for (keyspace, _) in topology
+        .list_keyspaces()
+        .await
+        .context("listing keyspaces")?
+    {
         let mut shards = Vec::new();
         for (shard, _) in topology.list_shards(&keyspace.name).await? {
             let members: Vec<&TabletRecord> = tablets
@@ -147,11 +164,18 @@ pub async fn collect(topology: &Topology) -> anyhow::Result<ClusterStatus> {
                 .filter(|t| t.keyspace == keyspace.name && t.shard == shard.name)
                 .collect();
             let statuses = futures::future::join_all(
-                members.iter().map(|t| tablet_status(t, shard.primary.as_deref())),
+                members
+                    .iter()
+                    .map(|t| tablet_status(t, shard.primary.as_deref())),
             )
             .await;
             shards.push(ShardStatus {
-                term: statuses.iter().map(|t| t.term).max().unwrap_or(shard.term).max(shard.term),
+                term: statuses
+                    .iter()
+                    .map(|t| t.term)
+                    .max()
+                    .unwrap_or(shard.term)
+                    .max(shard.term),
                 name: shard.name,
                 serving: shard.serving,
                 policy: shard.policy,
@@ -171,7 +195,10 @@ pub async fn collect(topology: &Topology) -> anyhow::Result<ClusterStatus> {
 pub fn render_text(status: &ClusterStatus) -> String {
     let mut out = String::new();
     for keyspace in &status.keyspaces {
-        out.push_str(&format!("keyspace {} (sharding column {})\n", keyspace.name, keyspace.sharding_column));
+        out.push_str(&format!(
+            "keyspace {} (sharding column {})\n",
+            keyspace.name, keyspace.sharding_column
+        ));
         for shard in &keyspace.shards {
             out.push_str(&format!(
                 "  shard {:<6} policy {:<16} term {:<4} primary {}{}\n",
@@ -194,10 +221,18 @@ pub fn render_text(status: &ClusterStatus) -> String {
                     tablet.term,
                     tablet.postgres_pid,
                     tablet.postgres_port,
-                    if tablet.lsn.is_empty() { "-" } else { &tablet.lsn },
+                    if tablet.lsn.is_empty() {
+                        "-"
+                    } else {
+                        &tablet.lsn
+                    },
                     if tablet.serving { "yes" } else { "no" },
                     tablet.data_dir,
-                    if tablet.message.is_empty() { String::new() } else { format!("  ({})", tablet.message) }
+                    if tablet.message.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  ({})", tablet.message)
+                    }
                 ));
             }
         }

@@ -133,10 +133,19 @@ fn resolve_layout(options: &UpOptions) -> anyhow::Result<Layout> {
         return Ok(requested);
     };
     let conflicts = [
-        ("--shards", options.shards.is_some_and(|v| v != stored.shards)),
-        ("--replicas", options.replicas.is_some_and(|v| v != stored.replicas)),
+        (
+            "--shards",
+            options.shards.is_some_and(|v| v != stored.shards),
+        ),
+        (
+            "--replicas",
+            options.replicas.is_some_and(|v| v != stored.replicas),
+        ),
         ("--zones", options.zones.is_some_and(|v| v != stored.zones)),
-        ("--base-port", options.base_port.is_some_and(|v| v != stored.base_port)),
+        (
+            "--base-port",
+            options.base_port.is_some_and(|v| v != stored.base_port),
+        ),
     ];
     if let Some((flag, _)) = conflicts.iter().find(|(_, differs)| *differs) {
         bail!(
@@ -153,8 +162,15 @@ fn resolve_layout(options: &UpOptions) -> anyhow::Result<Layout> {
 }
 
 /// Creates the keyspace and shard records on first start; keeps existing ones.
-async fn ensure_topology(topology: &Topology, layout: &Layout, tablets: &[TabletSpec]) -> anyhow::Result<()> {
-    match topology.create_keyspace(&KeyspaceRecord::new(layout.keyspace.clone())).await {
+async fn ensure_topology(
+    topology: &Topology,
+    layout: &Layout,
+    tablets: &[TabletSpec],
+) -> anyhow::Result<()> {
+    match topology
+        .create_keyspace(&KeyspaceRecord::new(layout.keyspace.clone()))
+        .await
+    {
         Ok(_) | Err(TopoError::AlreadyExists { .. }) => {}
         Err(error) => return Err(error).context("creating the keyspace in the topology"),
     }
@@ -162,10 +178,16 @@ async fn ensure_topology(topology: &Topology, layout: &Layout, tablets: &[Tablet
         let mut record = ShardRecord::new(layout.keyspace.clone(), shard.clone());
         // at_least_n(2) (the primary plus one standby) needs a second tablet.
         record.policy = format!("at_least_n({})", layout.replicas.min(2));
-        record.primary = tablets.iter().find(|t| t.shard == shard && t.replica == 0).map(|t| t.id.clone());
+        record.primary = tablets
+            .iter()
+            .find(|t| t.shard == shard && t.replica == 0)
+            .map(|t| t.id.clone());
         match topology.create_shard(&record).await {
             Ok(_) | Err(TopoError::AlreadyExists { .. }) => {}
-            Err(error) => return Err(error).with_context(|| format!("creating shard {shard} in the topology")),
+            Err(error) => {
+                return Err(error)
+                    .with_context(|| format!("creating shard {shard} in the topology"));
+            }
         }
     }
     Ok(())
@@ -181,7 +203,11 @@ impl LocalCluster {
         let specs = layout.tablets(&data_dir)?;
         check_binaries(&options.pg_bin_dir)?;
 
-        let gate_listener = bind(SocketAddr::from(([127, 0, 0, 1], options.gate_port)), "gate").await?;
+        let gate_listener = bind(
+            SocketAddr::from(([127, 0, 0, 1], options.gate_port)),
+            "gate",
+        )
+        .await?;
         let gate_address = gate_listener.local_addr()?;
         let admin_listener = match options.admin_port {
             Some(port) => Some(bind(SocketAddr::from(([127, 0, 0, 1], port)), "admin").await?),
@@ -189,8 +215,16 @@ impl LocalCluster {
         };
         let mut tablet_listeners = Vec::new();
         for spec in &specs {
-            let pooler = bind(SocketAddr::from(([127, 0, 0, 1], spec.pooler_port)), &format!("{} pooler", spec.id)).await?;
-            let grpc = bind(SocketAddr::from(([127, 0, 0, 1], spec.grpc_port)), &format!("{} gRPC", spec.id)).await?;
+            let pooler = bind(
+                SocketAddr::from(([127, 0, 0, 1], spec.pooler_port)),
+                &format!("{} pooler", spec.id),
+            )
+            .await?;
+            let grpc = bind(
+                SocketAddr::from(([127, 0, 0, 1], spec.grpc_port)),
+                &format!("{} gRPC", spec.id),
+            )
+            .await?;
             tablet_listeners.push((pooler, grpc));
         }
 
@@ -204,13 +238,18 @@ impl LocalCluster {
         let topology = Topology::new(store.clone());
         ensure_topology(&topology, &layout, &specs).await?;
         let shards = topology.list_shards(&layout.keyspace).await?;
-        let primaries: HashMap<String, Option<String>> =
-            shards.into_iter().map(|(s, _)| (s.name, s.primary)).collect();
+        let primaries: HashMap<String, Option<String>> = shards
+            .into_iter()
+            .map(|(s, _)| (s.name, s.primary))
+            .collect();
 
         tracing::info!(tablets = specs.len(), data_dir = %data_dir.display(), "starting tablets");
         // Primaries first: a new replica is a base backup of its shard's primary.
-        let is_primary = |spec: &TabletSpec| primaries.get(&spec.shard).cloned().flatten().as_deref() == Some(spec.id.as_str());
-        let (first, rest): (Vec<&TabletSpec>, Vec<&TabletSpec>) = specs.iter().partition(|spec| is_primary(spec));
+        let is_primary = |spec: &TabletSpec| {
+            primaries.get(&spec.shard).cloned().flatten().as_deref() == Some(spec.id.as_str())
+        };
+        let (first, rest): (Vec<&TabletSpec>, Vec<&TabletSpec>) =
+            specs.iter().partition(|spec| is_primary(spec));
         let mut tablets: Vec<Arc<Tablet>> = Vec::new();
         let mut failure = None;
         for wave in [first, rest] {
@@ -225,14 +264,18 @@ impl LocalCluster {
                         password: "postgres".into(),
                         application_name: spec.id.clone(),
                     });
-                Tablet::open(tablet_config(spec, &layout, &options, is_primary(spec)), source)
+                Tablet::open(
+                    tablet_config(spec, &layout, &options, is_primary(spec)),
+                    source,
+                )
             }))
             .await;
             for (spec, result) in wave.iter().zip(opened) {
                 match result {
                     Ok(tablet) => tablets.push(tablet),
                     Err(error) => {
-                        failure.get_or_insert_with(|| anyhow::anyhow!("tablet {}: {error}", spec.id));
+                        failure
+                            .get_or_insert_with(|| anyhow::anyhow!("tablet {}: {error}", spec.id));
                     }
                 }
             }
@@ -261,7 +304,12 @@ impl LocalCluster {
         };
         let mut tasks = Vec::new();
         for (tablet, (pooler, grpc)) in tablets.iter().zip(tablet_listeners) {
-            tasks.push(tokio::spawn(tessera_tablet::serve(tablet.clone(), pooler, grpc, wait_stop())));
+            tasks.push(tokio::spawn(tessera_tablet::serve(
+                tablet.clone(),
+                pooler,
+                grpc,
+                wait_stop(),
+            )));
         }
         if let Some(listener) = admin_listener {
             let server = TopoServer::new(store.clone());
@@ -272,7 +320,10 @@ impl LocalCluster {
                 }
             }));
         }
-        let local = tablets.iter().map(|t| (t.id().to_string(), t.source())).collect();
+        let local = tablets
+            .iter()
+            .map(|t| (t.id().to_string(), t.source()))
+            .collect();
         let gate_config = GateConfig {
             listen: gate_address,
             gate_id: "up".into(),
@@ -281,7 +332,9 @@ impl LocalCluster {
         let gate_topology = topology.clone();
         let shutdown = wait_stop();
         tasks.push(tokio::spawn(async move {
-            if let Err(error) = tessera_gate::run(gate_config, gate_listener, gate_topology, local, shutdown).await {
+            if let Err(error) =
+                tessera_gate::run(gate_config, gate_listener, gate_topology, local, shutdown).await
+            {
                 tracing::error!(%error, "gate failed");
             }
         }));
@@ -293,7 +346,9 @@ impl LocalCluster {
             let coordinator_topology = topology.clone();
             let shutdown = wait_stop();
             tasks.push(tokio::spawn(async move {
-                if let Err(error) = tessera_coordinator::run(config, coordinator_topology, shutdown).await {
+                if let Err(error) =
+                    tessera_coordinator::run(config, coordinator_topology, shutdown).await
+                {
                     tracing::error!(%error, "coordinator failed");
                 }
             }));
@@ -339,7 +394,11 @@ impl LocalCluster {
 }
 
 /// Waits until every shard has a primary serving in an established term.
-async fn wait_established(tablets: &[Arc<Tablet>], layout: &Layout, timeout: Duration) -> anyhow::Result<()> {
+async fn wait_established(
+    tablets: &[Arc<Tablet>],
+    layout: &Layout,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + timeout;
     let shards = layout.shard_names()?;
     loop {
@@ -359,7 +418,11 @@ async fn wait_established(tablets: &[Arc<Tablet>], layout: &Layout, timeout: Dur
             bail!(
                 "no primary was established within {} s for shard(s) {}; see the log for the coordinators' problems",
                 timeout.as_secs(),
-                missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                missing
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -379,7 +442,12 @@ fn check_binaries(bin_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn tablet_config(spec: &TabletSpec, layout: &Layout, options: &UpOptions, primary: bool) -> TabletConfig {
+fn tablet_config(
+    spec: &TabletSpec,
+    layout: &Layout,
+    options: &UpOptions,
+    primary: bool,
+) -> TabletConfig {
     let mut postgres = PostgresConfig::under(&spec.dir, spec.postgres_port);
     postgres.bin_dir = options.pg_bin_dir.clone();
     postgres.settings = options.pg_settings.clone();
@@ -394,10 +462,13 @@ fn tablet_config(spec: &TabletSpec, layout: &Layout, options: &UpOptions, primar
         postgres,
         pool_size: 40,
         acquire_timeout_ms: 5_000,
-        initial_role: if primary { InitialRole::Primary } else { InitialRole::Replica },
+        initial_role: if primary {
+            InitialRole::Primary
+        } else {
+            InitialRole::Replica
+        },
     }
 }
-
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     // Registered first, so a Ctrl-C during a long start (initdb) still stops cleanly.

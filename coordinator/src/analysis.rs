@@ -28,7 +28,10 @@ impl TabletView {
 
     /// Serving as primary right now.
     fn serving_primary(&self) -> bool {
-        self.healthy() && self.status().is_some_and(|s| s.role == "primary" && s.serving)
+        self.healthy()
+            && self
+                .status()
+                .is_some_and(|s| s.role == "primary" && s.serving)
     }
 }
 
@@ -67,7 +70,10 @@ impl ShardView {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Problem {
     /// No tablet serves as primary and the last primary is gone or stopped: fail over.
-    NoPrimary { last_primary: Option<String>, reason: String },
+    NoPrimary {
+        last_primary: Option<String>,
+        reason: String,
+    },
     /// The primary's PostgreSQL is down (its tablet answers): fail over.
     DeadPrimary { tablet: String },
     /// The primary's tablet does not answer at all: fail over.
@@ -86,7 +92,10 @@ pub enum Problem {
     PolicyMismatch { wanted: String, running: String },
     /// Commits on the leader wait for standbys the policy needs (reported, not recovered: the
     /// missing standbys must come back).
-    DurabilityBlocked { tablet: String, commits_waiting: u32 },
+    DurabilityBlocked {
+        tablet: String,
+        commits_waiting: u32,
+    },
     /// A tablet whose WAL could not be repaired (reported; an operator must act).
     Quarantined { tablet: String },
 }
@@ -113,7 +122,9 @@ impl Problem {
             Problem::UnresponsivePrimary { tablet } => format!("unresponsive_primary:{tablet}"),
             Problem::Unestablished { tablet } => format!("unestablished:{tablet}"),
             Problem::StalePrimary { tablet, .. } => format!("stale_primary:{tablet}"),
-            Problem::ReplicaNotReplicating { tablet } => format!("replica_not_replicating:{tablet}"),
+            Problem::ReplicaNotReplicating { tablet } => {
+                format!("replica_not_replicating:{tablet}")
+            }
             Problem::PolicyMismatch { wanted, .. } => format!("policy_mismatch:{wanted}"),
             Problem::DurabilityBlocked { tablet, .. } => format!("durability_blocked:{tablet}"),
             Problem::Quarantined { tablet } => format!("quarantined:{tablet}"),
@@ -140,7 +151,10 @@ impl Problem {
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Problem::NoPrimary { last_primary, reason } => write!(
+            Problem::NoPrimary {
+                last_primary,
+                reason,
+            } => write!(
                 f,
                 "no primary (last primary {}): {reason}",
                 last_primary.as_deref().unwrap_or("unknown")
@@ -154,13 +168,19 @@ impl fmt::Display for Problem {
                 write!(f, "primary {tablet} serves without an established term")
             }
             Problem::StalePrimary { tablet, term } => {
-                write!(f, "{tablet} is a writable PostgreSQL from term {term} but not the leader")
+                write!(
+                    f,
+                    "{tablet} is a writable PostgreSQL from term {term} but not the leader"
+                )
             }
             Problem::ReplicaNotReplicating { tablet } => {
                 write!(f, "replica {tablet} does not stream from the primary")
             }
             Problem::PolicyMismatch { wanted, running } => {
-                write!(f, "policy is {wanted} in the topology but the primary runs {running}")
+                write!(
+                    f,
+                    "policy is {wanted} in the topology but the primary runs {running}"
+                )
             }
             Problem::DurabilityBlocked {
                 tablet,
@@ -195,7 +215,10 @@ pub fn analyse(shard: &ShardView) -> Vec<Problem> {
         });
         return problems;
     }
-    if !shard.record.policy.is_empty() && !leader_status.policy.is_empty() && shard.record.policy != leader_status.policy {
+    if !shard.record.policy.is_empty()
+        && !leader_status.policy.is_empty()
+        && shard.record.policy != leader_status.policy
+    {
         problems.push(Problem::PolicyMismatch {
             wanted: shard.record.policy.clone(),
             running: leader_status.policy.clone(),
@@ -211,7 +234,10 @@ pub fn analyse(shard: &ShardView) -> Vec<Problem> {
         if tablet.record.id == leader.record.id || !tablet.healthy() {
             continue;
         }
-        let status = tablet.status.as_ref().expect("healthy tablets have a status");
+        let status = tablet
+            .status
+            .as_ref()
+            .expect("healthy tablets have a status");
         if status.role == "quarantined" {
             continue;
         }
@@ -220,7 +246,9 @@ pub fn analyse(shard: &ShardView) -> Vec<Problem> {
                 tablet: tablet.record.id.clone(),
                 term: status.term,
             });
-        } else if !status.streaming || (!status.following.is_empty() && status.following != leader.record.id) {
+        } else if !status.streaming
+            || (!status.following.is_empty() && status.following != leader.record.id)
+        {
             problems.push(Problem::ReplicaNotReplicating {
                 tablet: tablet.record.id.clone(),
             });
@@ -284,7 +312,11 @@ mod tests {
             postgres_healthy: true,
             in_recovery: role != "primary",
             streaming: role == "replica",
-            following: if role == "replica" { "zone1-101".into() } else { String::new() },
+            following: if role == "replica" {
+                "zone1-101".into()
+            } else {
+                String::new()
+            },
             policy: "at_least_n(2)".into(),
             ..TabletStatus::default()
         }
@@ -306,9 +338,21 @@ mod tests {
 
     fn healthy_shard() -> Vec<TabletView> {
         vec![
-            view("zone1-101", Some(status("zone1-101", "primary", 3, true)), true),
-            view("zone2-102", Some(status("zone2-102", "replica", 3, false)), true),
-            view("zone3-103", Some(status("zone3-103", "replica", 3, false)), true),
+            view(
+                "zone1-101",
+                Some(status("zone1-101", "primary", 3, true)),
+                true,
+            ),
+            view(
+                "zone2-102",
+                Some(status("zone2-102", "replica", 3, false)),
+                true,
+            ),
+            view(
+                "zone3-103",
+                Some(status("zone3-103", "replica", 3, false)),
+                true,
+            ),
         ]
     }
 
@@ -322,24 +366,41 @@ mod tests {
         // Goal: the table of primary failures maps to distinct named problems.
         let cases: Vec<(TabletView, Problem)> = vec![
             (
-                view("zone1-101", Some(status("zone1-101", "primary", 3, true)), false),
-                Problem::UnreachablePrimary { tablet: "zone1-101".into() },
+                view(
+                    "zone1-101",
+                    Some(status("zone1-101", "primary", 3, true)),
+                    false,
+                ),
+                Problem::UnreachablePrimary {
+                    tablet: "zone1-101".into(),
+                },
             ),
             (
                 view(
                     "zone1-101",
-                    Some(TabletStatus { postgres_pid: 0, postgres_healthy: false, ..status("zone1-101", "primary", 3, false) }),
+                    Some(TabletStatus {
+                        postgres_pid: 0,
+                        postgres_healthy: false,
+                        ..status("zone1-101", "primary", 3, false)
+                    }),
                     true,
                 ),
-                Problem::DeadPrimary { tablet: "zone1-101".into() },
+                Problem::DeadPrimary {
+                    tablet: "zone1-101".into(),
+                },
             ),
             (
                 view(
                     "zone1-101",
-                    Some(TabletStatus { postgres_healthy: false, ..status("zone1-101", "primary", 3, true) }),
+                    Some(TabletStatus {
+                        postgres_healthy: false,
+                        ..status("zone1-101", "primary", 3, true)
+                    }),
                     true,
                 ),
-                Problem::UnresponsivePrimary { tablet: "zone1-101".into() },
+                Problem::UnresponsivePrimary {
+                    tablet: "zone1-101".into(),
+                },
             ),
         ];
         for (primary, expected) in cases {
@@ -358,7 +419,9 @@ mod tests {
         stopped.message = "restarted; waiting for a coordinator".into();
         tablets[0] = view("zone1-101", Some(stopped), true);
         let problems = analyse(&shard(tablets));
-        assert!(matches!(&problems[..], [Problem::NoPrimary { reason, .. }] if reason.contains("restarted")));
+        assert!(
+            matches!(&problems[..], [Problem::NoPrimary { reason, .. }] if reason.contains("restarted"))
+        );
     }
 
     #[test]
@@ -371,8 +434,13 @@ mod tests {
         assert_eq!(
             problems,
             vec![
-                Problem::ReplicaNotReplicating { tablet: "zone2-102".into() },
-                Problem::StalePrimary { tablet: "zone3-103".into(), term: 3 },
+                Problem::ReplicaNotReplicating {
+                    tablet: "zone2-102".into()
+                },
+                Problem::StalePrimary {
+                    tablet: "zone3-103".into(),
+                    term: 3
+                },
             ]
         );
         assert!(!problems.iter().any(Problem::needs_failover));
@@ -384,7 +452,9 @@ mod tests {
         tablets[0].status.as_mut().unwrap().term = 0;
         assert_eq!(
             analyse(&shard(tablets)),
-            vec![Problem::Unestablished { tablet: "zone1-101".into() }]
+            vec![Problem::Unestablished {
+                tablet: "zone1-101".into()
+            }]
         );
         let mut tablets = healthy_shard();
         tablets[0].status.as_mut().unwrap().commits_waiting = 2;
@@ -393,8 +463,14 @@ mod tests {
         assert_eq!(
             analyse(&shard),
             vec![
-                Problem::PolicyMismatch { wanted: "multi_zone(3)".into(), running: "at_least_n(2)".into() },
-                Problem::DurabilityBlocked { tablet: "zone1-101".into(), commits_waiting: 2 },
+                Problem::PolicyMismatch {
+                    wanted: "multi_zone(3)".into(),
+                    running: "at_least_n(2)".into()
+                },
+                Problem::DurabilityBlocked {
+                    tablet: "zone1-101".into(),
+                    commits_waiting: 2
+                },
             ]
         );
     }
@@ -402,9 +478,16 @@ mod tests {
     #[test]
     fn the_leader_is_the_serving_primary_of_the_highest_term() {
         let mut tablets = healthy_shard();
-        tablets[2] = view("zone3-103", Some(status("zone3-103", "primary", 5, true)), true);
+        tablets[2] = view(
+            "zone3-103",
+            Some(status("zone3-103", "primary", 5, true)),
+            true,
+        );
         let shard = shard(tablets);
-        assert_eq!(shard.leader().map(|t| t.record.id.as_str()), Some("zone3-103"));
+        assert_eq!(
+            shard.leader().map(|t| t.record.id.as_str()),
+            Some("zone3-103")
+        );
         assert_eq!(shard.highest_term(), 5);
     }
 }

@@ -13,13 +13,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_consensus::{
-    AgentError, AgentId, ChangeRequest, Cohort, Command, Input, LeadershipChange, LogPosition, LogSummary,
-    NodeId, NodeProperties, Policy, PolicySpec, RecruitAnswer, Refusal, Ruleset, Term,
+    AgentError, AgentId, ChangeRequest, Cohort, Command, Input, LeadershipChange, LogPosition,
+    LogSummary, NodeId, NodeProperties, Policy, PolicySpec, RecruitAnswer, Refusal, Ruleset, Term,
 };
 use tessera_proto::rules;
 use tessera_proto::tablet::{
-    CatchUpRequest, DelegateRequest, EstablishRequest, Peer, PromoteRequest, RecruitRequest, RepointRequest, Stamp,
-    recruit_response,
+    CatchUpRequest, DelegateRequest, EstablishRequest, Peer, PromoteRequest, RecruitRequest,
+    RepointRequest, Stamp, recruit_response,
 };
 use tessera_topology::Topology;
 use tessera_topology::records::TabletRecord;
@@ -80,7 +80,9 @@ pub struct ChangeOutcome {
 pub enum ChangeError {
     #[error("policy {policy:?}: {reason}")]
     Policy { policy: String, reason: String },
-    #[error("term {term} was taken or overtaken (highest seen {highest}); retry with a higher term")]
+    #[error(
+        "term {term} was taken or overtaken (highest seen {highest}); retry with a higher term"
+    )]
     Outpaced { term: u64, highest: u64 },
     #[error("cannot decide: {0}")]
     Decide(AgentError),
@@ -95,10 +97,13 @@ fn node(id: &str) -> NodeId {
 }
 
 fn compile(policy: &str, cohort: &Cohort) -> Result<Ruleset, ChangeError> {
-    let spec: PolicySpec = policy.parse().map_err(|e: tessera_consensus::PolicyParseError| ChangeError::Policy {
-        policy: policy.to_string(),
-        reason: e.to_string(),
-    })?;
+    let spec: PolicySpec =
+        policy.parse().map_err(
+            |e: tessera_consensus::PolicyParseError| ChangeError::Policy {
+                policy: policy.to_string(),
+                reason: e.to_string(),
+            },
+        )?;
     spec.compile(cohort).map_err(|e| ChangeError::Policy {
         policy: policy.to_string(),
         reason: e.to_string(),
@@ -119,7 +124,8 @@ fn answer_from_wire(
     agent: &AgentId,
     log: &tessera_proto::tablet::LogSummary,
 ) -> Result<RecruitAnswer, String> {
-    let decode = |r: &tessera_proto::tablet::Ruleset| Ruleset::try_from(r).map_err(|e| e.to_string());
+    let decode =
+        |r: &tessera_proto::tablet::Ruleset| Ruleset::try_from(r).map_err(|e| e.to_string());
     Ok(RecruitAnswer {
         node: node_id,
         term,
@@ -142,10 +148,17 @@ pub async fn run(
 ) -> Result<ChangeOutcome, ChangeError> {
     let mut cohort = Cohort::new();
     for tablet in &spec.tablets {
-        cohort.insert(node(&tablet.record.id), NodeProperties::in_zone(tablet.record.zone.clone()));
+        cohort.insert(
+            node(&tablet.record.id),
+            NodeProperties::in_zone(tablet.record.zone.clone()),
+        );
     }
     let believed = compile(&spec.policy, &cohort)?;
-    let new_ruleset = spec.new_policy.as_deref().map(|p| compile(p, &cohort)).transpose()?;
+    let new_ruleset = spec
+        .new_policy
+        .as_deref()
+        .map(|p| compile(p, &cohort))
+        .transpose()?;
     let highest_seen = spec
         .tablets
         .iter()
@@ -154,7 +167,12 @@ pub async fn run(
         .unwrap_or(0)
         .max(spec.min_term);
     let term = Term(highest_seen + 1);
-    let record = |id: &NodeId| spec.tablets.iter().find(|t| t.record.id == id.as_str()).map(|t| &t.record);
+    let record = |id: &NodeId| {
+        spec.tablets
+            .iter()
+            .find(|t| t.record.id == id.as_str())
+            .map(|t| &t.record)
+    };
     let stamp = Stamp {
         term: term.0,
         agent: agent.as_str().to_string(),
@@ -173,10 +191,16 @@ pub async fn run(
     // decision taken before the slowest answer never cancels a half-done recruitment.
     let (answers_tx, mut answers_rx) = tokio::sync::mpsc::channel(spec.tablets.len().max(1));
     for command in commands {
-        let Command::Recruit { node: target, .. } = command else { continue };
-        let Some(record) = record(&target).cloned() else { continue };
+        let Command::Recruit { node: target, .. } = command else {
+            continue;
+        };
+        let Some(record) = record(&target).cloned() else {
+            continue;
+        };
         let client = clients.get(&record);
-        let request = RecruitRequest { stamp: Some(stamp.clone()) };
+        let request = RecruitRequest {
+            stamp: Some(stamp.clone()),
+        };
         let sender = answers_tx.clone();
         let timeout = timeouts.recruit;
         tokio::spawn(async move {
@@ -199,7 +223,9 @@ pub async fn run(
                 // A candidate must be able to work: not quarantined, PostgreSQL answering.
                 spec.tablets.iter().any(|t| {
                     t.record.id == id.as_str()
-                        && t.status.as_ref().is_none_or(|s| s.role != "quarantined" && s.postgres_pid != 0)
+                        && t.status
+                            .as_ref()
+                            .is_none_or(|s| s.role != "quarantined" && s.postgres_pid != 0)
                 })
             })
             .partition(|id| spec.believed_primary.as_deref() == Some(id.as_str()));
@@ -216,8 +242,11 @@ pub async fn run(
         match result {
             Ok(response) => match response.outcome {
                 Some(recruit_response::Outcome::Log(log)) => {
-                    let answer = answer_from_wire(target.clone(), term, agent, &log).map_err(ChangeError::Step)?;
-                    change.step(Input::Recruited(answer)).map_err(ChangeError::Core)?;
+                    let answer = answer_from_wire(target.clone(), term, agent, &log)
+                        .map_err(ChangeError::Step)?;
+                    change
+                        .step(Input::Recruited(answer))
+                        .map_err(ChangeError::Core)?;
                 }
                 Some(recruit_response::Outcome::Refusal(refusal)) => {
                     tracing::info!(tablet = %target, reason = %refusal.message, "recruitment refused");
@@ -225,7 +254,8 @@ pub async fn run(
                     let refusal = if refusal.kind == "term_taken" {
                         Refusal::TermTaken {
                             term,
-                            holder: AgentId::new(refusal.holder.clone()).unwrap_or_else(|_| agent.clone()),
+                            holder: AgentId::new(refusal.holder.clone())
+                                .unwrap_or_else(|_| agent.clone()),
                         }
                     } else {
                         Refusal::StaleTerm {
@@ -233,7 +263,10 @@ pub async fn run(
                             current: Term(refusal.current_term),
                         }
                     };
-                    let _ = change.step(Input::Refused { node: target.clone(), refusal });
+                    let _ = change.step(Input::Refused {
+                        node: target.clone(),
+                        refusal,
+                    });
                 }
                 None => {}
             },
@@ -249,9 +282,14 @@ pub async fn run(
     }
     let Some(commands) = decided else {
         if let Some(highest) = outpaced {
-            return Err(ChangeError::Outpaced { term: term.0, highest });
+            return Err(ChangeError::Outpaced {
+                term: term.0,
+                highest,
+            });
         }
-        return Err(ChangeError::Decide(last_error.unwrap_or(AgentError::AlreadyDecided)));
+        return Err(ChangeError::Decide(
+            last_error.unwrap_or(AgentError::AlreadyDecided),
+        ));
     };
     let plan = change.plan().cloned().expect("decided");
     tracing::info!(
@@ -287,11 +325,21 @@ pub async fn run(
     };
     while let Some(command) = queue.pop_front() {
         let next = match command {
-            Command::CatchUp { candidate, source, up_to, .. } => {
-                let (Some(target), Some(source_record)) = (record(&candidate), record(&source)) else {
-                    return Err(ChangeError::Step(format!("unknown tablet {candidate} or {source}")));
+            Command::CatchUp {
+                candidate,
+                source,
+                up_to,
+                ..
+            } => {
+                let (Some(target), Some(source_record)) = (record(&candidate), record(&source))
+                else {
+                    return Err(ChangeError::Step(format!(
+                        "unknown tablet {candidate} or {source}"
+                    )));
                 };
-                let mut client = clients.get(target).map_err(|e| ChangeError::Step(e.to_string()))?;
+                let mut client = clients
+                    .get(target)
+                    .map_err(|e| ChangeError::Step(e.to_string()))?;
                 let position = call(
                     timeouts.catch_up,
                     "catch up",
@@ -312,15 +360,32 @@ pub async fn run(
                     .map_err(ChangeError::Core)?
             }
             Command::Promote { candidate, .. } => {
-                let target = record(&candidate).ok_or_else(|| ChangeError::Step(format!("unknown tablet {candidate}")))?;
-                let mut client = clients.get(target).map_err(|e| ChangeError::Step(e.to_string()))?;
-                call(timeouts.promote, "promote", client.promote(PromoteRequest { stamp: Some(stamp.clone()) }))
-                    .await
-                    .map_err(ChangeError::Step)?;
-                change.step(Input::Promoted { node: candidate }).map_err(ChangeError::Core)?
+                let target = record(&candidate)
+                    .ok_or_else(|| ChangeError::Step(format!("unknown tablet {candidate}")))?;
+                let mut client = clients
+                    .get(target)
+                    .map_err(|e| ChangeError::Step(e.to_string()))?;
+                call(
+                    timeouts.promote,
+                    "promote",
+                    client.promote(PromoteRequest {
+                        stamp: Some(stamp.clone()),
+                    }),
+                )
+                .await
+                .map_err(ChangeError::Step)?;
+                change
+                    .step(Input::Promoted { node: candidate })
+                    .map_err(ChangeError::Core)?
             }
-            Command::Repoint { node: follower, primary, .. } => {
-                if let (Some(target), Some(primary_record)) = (record(&follower).cloned(), record(&primary).cloned()) {
+            Command::Repoint {
+                node: follower,
+                primary,
+                ..
+            } => {
+                if let (Some(target), Some(primary_record)) =
+                    (record(&follower).cloned(), record(&primary).cloned())
+                {
                     repointed.lock().insert(follower.clone());
                     repoints.push(spawn_repoint(
                         clients.get(&target).map_err(|e| e.to_string()),
@@ -337,7 +402,12 @@ pub async fn run(
                         let targets: Vec<(String, Result<_, String>)> = spec
                             .tablets
                             .iter()
-                            .map(|t| (t.record.id.clone(), clients.get(&t.record).map_err(|e| e.to_string())))
+                            .map(|t| {
+                                (
+                                    t.record.id.clone(),
+                                    clients.get(&t.record).map_err(|e| e.to_string()),
+                                )
+                            })
                             .collect();
                         let request = repoint_request(&primary_record);
                         let timeout = timeouts.repoint;
@@ -345,10 +415,19 @@ pub async fn run(
                         late_listener = Some(tokio::spawn(async move {
                             while let Some((late, result)) = rx.recv().await {
                                 let joined = matches!(result, Ok(ref r) if matches!(r.outcome, Some(recruit_response::Outcome::Log(_))));
-                                if joined && late != primary_id && repointed.lock().insert(late.clone())
-                                    && let Some((id, client)) = targets.iter().find(|(id, _)| id == late.as_str())
+                                if joined
+                                    && late != primary_id
+                                    && repointed.lock().insert(late.clone())
+                                    && let Some((id, client)) =
+                                        targets.iter().find(|(id, _)| id == late.as_str())
                                 {
-                                    let _ = spawn_repoint(client.clone(), request.clone(), timeout, id.clone()).await;
+                                    let _ = spawn_repoint(
+                                        client.clone(),
+                                        request.clone(),
+                                        timeout,
+                                        id.clone(),
+                                    )
+                                    .await;
                                 }
                             }
                         }));
@@ -357,8 +436,11 @@ pub async fn run(
                 Vec::new()
             }
             Command::Establish { candidate, .. } => {
-                let target = record(&candidate).ok_or_else(|| ChangeError::Step(format!("unknown tablet {candidate}")))?;
-                let mut client = clients.get(target).map_err(|e| ChangeError::Step(e.to_string()))?;
+                let target = record(&candidate)
+                    .ok_or_else(|| ChangeError::Step(format!("unknown tablet {candidate}")))?;
+                let mut client = clients
+                    .get(target)
+                    .map_err(|e| ChangeError::Step(e.to_string()))?;
                 let position = call(
                     timeouts.establish,
                     "establish",
@@ -370,15 +452,27 @@ pub async fn run(
                 .await
                 .map_err(ChangeError::Step)?;
                 change
-                    .step(Input::Established { node: candidate, position: position.lsn })
+                    .step(Input::Established {
+                        node: candidate,
+                        position: position.lsn,
+                    })
                     .map_err(ChangeError::Core)?
             }
             Command::Delegate { candidate, .. } => {
-                let target = record(&candidate).ok_or_else(|| ChangeError::Step(format!("unknown tablet {candidate}")))?;
-                let mut client = clients.get(target).map_err(|e| ChangeError::Step(e.to_string()))?;
-                call(timeouts.delegate, "delegate", client.delegate(DelegateRequest { stamp: Some(stamp.clone()) }))
-                    .await
-                    .map_err(ChangeError::Step)?;
+                let target = record(&candidate)
+                    .ok_or_else(|| ChangeError::Step(format!("unknown tablet {candidate}")))?;
+                let mut client = clients
+                    .get(target)
+                    .map_err(|e| ChangeError::Step(e.to_string()))?;
+                call(
+                    timeouts.delegate,
+                    "delegate",
+                    client.delegate(DelegateRequest {
+                        stamp: Some(stamp.clone()),
+                    }),
+                )
+                .await
+                .map_err(ChangeError::Step)?;
                 leader = Some(candidate.as_str().to_string());
                 Vec::new()
             }
@@ -386,21 +480,34 @@ pub async fn run(
         };
         queue.extend(next);
     }
-    let leader = leader.ok_or_else(|| ChangeError::Step("the change ended without delegating".into()))?;
+    let leader =
+        leader.ok_or_else(|| ChangeError::Step("the change ended without delegating".into()))?;
     tracing::info!(keyspace = %spec.keyspace, shard = %spec.shard, term = term.0, %leader, "leadership change: delegated");
     metrics::counter!("tessera_coordinator_leadership_changes_total").increment(1);
     if let Some(topology) = topology {
-        record_primary(topology.clone(), spec.keyspace.clone(), spec.shard.clone(), leader.clone(), term.0);
+        record_primary(
+            topology.clone(),
+            spec.keyspace.clone(),
+            spec.shard.clone(),
+            leader.clone(),
+            term.0,
+        );
     }
     drop(repoints);
     drop(late_listener);
-    Ok(ChangeOutcome { term: term.0, leader })
+    Ok(ChangeOutcome {
+        term: term.0,
+        leader,
+    })
 }
 
 /// Repoints one tablet in the background, logging the outcome (a failure is repaired later by
 /// the coordinators' ReplicaNotReplicating recovery).
 fn spawn_repoint(
-    client: Result<tessera_proto::tablet::tablet_client::TabletClient<tonic::transport::Channel>, String>,
+    client: Result<
+        tessera_proto::tablet::tablet_client::TabletClient<tonic::transport::Channel>,
+        String,
+    >,
     request: RepointRequest,
     timeout: Duration,
     tablet: String,
@@ -415,14 +522,22 @@ fn spawn_repoint(
                 tracing::error!(%tablet, message = %response.message, "tablet quarantined")
             }
             Ok(response) => tracing::info!(%tablet, rewound = response.rewound, "repointed"),
-            Err(error) => tracing::warn!(%tablet, %error, "repoint failed; a later repair will retry"),
+            Err(error) => {
+                tracing::warn!(%tablet, %error, "repoint failed; a later repair will retry")
+            }
         }
     })
 }
 
 /// Records the new primary in the topology, retrying in the background while the topology is
 /// unavailable (the tablets already know; the topology is a hint for gates and operators).
-pub fn record_primary(topology: Topology, keyspace: String, shard: String, primary: String, term: u64) {
+pub fn record_primary(
+    topology: Topology,
+    keyspace: String,
+    shard: String,
+    primary: String,
+    term: u64,
+) {
     tokio::spawn(async move {
         let mut delay = Duration::from_millis(100);
         loop {
@@ -435,8 +550,12 @@ pub fn record_primary(topology: Topology, keyspace: String, shard: String, prima
             });
             match tokio::time::timeout(Duration::from_secs(3), update).await {
                 Ok(Ok(_)) => return,
-                Ok(Err(error)) => tracing::warn!(%error, %keyspace, %shard, "cannot record the new primary yet"),
-                Err(_) => tracing::warn!(%keyspace, %shard, "topology slow; retrying to record the new primary"),
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, %keyspace, %shard, "cannot record the new primary yet")
+                }
+                Err(_) => {
+                    tracing::warn!(%keyspace, %shard, "topology slow; retrying to record the new primary")
+                }
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(5));

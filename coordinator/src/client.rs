@@ -18,7 +18,10 @@ pub struct Clients {
 
 impl Clients {
     /// A client for `tablet` whose calls fail after `timeout`.
-    pub fn get(&self, tablet: &TabletRecord) -> Result<TabletClient<Channel>, tonic::transport::Error> {
+    pub fn get(
+        &self,
+        tablet: &TabletRecord,
+    ) -> Result<TabletClient<Channel>, tonic::transport::Error> {
         let address = format!("http://{}:{}", tablet.host, tablet.grpc_port);
         let channel = match self.channels.get(&address) {
             Some(channel) => channel.clone(),
@@ -49,6 +52,9 @@ where
     match tokio::time::timeout(timeout, future).await {
         Ok(Ok(response)) => Ok(response.into_inner()),
         Ok(Err(status)) => Err(format!("{what}: {}", status.message())),
-        Err(_) => Err(format!("{what}: no answer within {} ms", timeout.as_millis())),
+        Err(_) => Err(format!(
+            "{what}: no answer within {} ms",
+            timeout.as_millis()
+        )),
     }
 }

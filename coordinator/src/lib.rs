@@ -50,7 +50,12 @@ pub fn agent_id(zone: &str) -> AgentId {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    AgentId::new(format!("coord-{zone}-{:x}{:04x}", boot, rand::random::<u16>())).expect("valid agent id")
+    AgentId::new(format!(
+        "coord-{zone}-{:x}{:04x}",
+        boot,
+        rand::random::<u16>()
+    ))
+    .expect("valid agent id")
 }
 
 struct ShardMemory {
@@ -93,7 +98,8 @@ pub async fn run(
             }
         })
     };
-    let memory: Arc<parking_lot::Mutex<HashMap<(String, String), ShardMemory>>> = Default::default();
+    let memory: Arc<parking_lot::Mutex<HashMap<(String, String), ShardMemory>>> =
+        Default::default();
     let tick = Duration::from_millis(config.tick_ms);
     tokio::pin!(shutdown);
     loop {
@@ -167,7 +173,11 @@ pub async fn run(
                     }
                     Err(_) => {
                         // Someone else holds the lock: they are recovering this shard.
-                        memory.lock().get_mut(&(keyspace, shard.record.name.clone())).expect("entry").busy = false;
+                        memory
+                            .lock()
+                            .get_mut(&(keyspace, shard.record.name.clone()))
+                            .expect("entry")
+                            .busy = false;
                         return;
                     }
                 };
@@ -183,9 +193,24 @@ pub async fn run(
                 {
                     tracing::warn!(keyspace = %keyspace, shard = %current.record.name, %problem, "recovering");
                     let started = Instant::now();
-                    match recover::recover(&agent, &clients, Some(&topology), &keyspace, &current, &problem, &Timeouts::default()).await {
+                    match recover::recover(
+                        &agent,
+                        &clients,
+                        Some(&topology),
+                        &keyspace,
+                        &current,
+                        &problem,
+                        &Timeouts::default(),
+                    )
+                    .await
+                    {
                         Ok(Some(outcome)) => {
-                            observer.note_primary(&keyspace, &current.record.name, &outcome.leader, outcome.term);
+                            observer.note_primary(
+                                &keyspace,
+                                &current.record.name,
+                                &outcome.leader,
+                                outcome.term,
+                            );
                             metrics::histogram!("tessera_coordinator_recovery_seconds", "kind" => problem.kind())
                                 .record(started.elapsed().as_secs_f64());
                             tracing::info!(keyspace = %keyspace, shard = %current.record.name, term = outcome.term,
@@ -203,12 +228,15 @@ pub async fn run(
                     let _ = guard.release().await;
                 }
                 let mut memory = memory.lock();
-                let entry = memory.get_mut(&(keyspace, shard.record.name.clone())).expect("entry");
+                let entry = memory
+                    .get_mut(&(keyspace, shard.record.name.clone()))
+                    .expect("entry");
                 entry.busy = false;
                 if failed {
                     entry.failures = (entry.failures + 1).min(6);
                     let ceiling_ms = 250u64 << entry.failures;
-                    entry.retry_at = Instant::now() + Duration::from_millis(rand::random_range(ceiling_ms / 2..=ceiling_ms));
+                    entry.retry_at = Instant::now()
+                        + Duration::from_millis(rand::random_range(ceiling_ms / 2..=ceiling_ms));
                 } else {
                     entry.failures = 0;
                 }
@@ -245,7 +273,11 @@ fn observer_highest(observer: &Observer, key: &(String, String)) -> Option<u64> 
 }
 
 /// Picks the problem to recover now, if any has persisted past its grace period.
-fn choose(config: &CoordinatorConfig, memory: &ShardMemory, problems: &[Problem]) -> Option<Problem> {
+fn choose(
+    config: &CoordinatorConfig,
+    memory: &ShardMemory,
+    problems: &[Problem],
+) -> Option<Problem> {
     let aged = |problem: &Problem, grace_ms: u64| {
         memory
             .first_seen
@@ -253,12 +285,17 @@ fn choose(config: &CoordinatorConfig, memory: &ShardMemory, problems: &[Problem]
             .is_some_and(|seen| seen.elapsed() >= Duration::from_millis(grace_ms))
     };
     // Another agent raised the term recently: give it time to finish its change.
-    let someone_working = memory.term_rose.elapsed() < Duration::from_millis(config.takeover_grace_ms);
+    let someone_working =
+        memory.term_rose.elapsed() < Duration::from_millis(config.takeover_grace_ms);
     for problem in problems {
         let ready = match problem {
             p if p.needs_failover() => !someone_working && aged(p, config.failover_grace_ms),
-            Problem::PolicyMismatch { .. } => !someone_working && aged(problem, config.failover_grace_ms),
-            Problem::StalePrimary { .. } | Problem::ReplicaNotReplicating { .. } => aged(problem, config.repair_grace_ms),
+            Problem::PolicyMismatch { .. } => {
+                !someone_working && aged(problem, config.failover_grace_ms)
+            }
+            Problem::StalePrimary { .. } | Problem::ReplicaNotReplicating { .. } => {
+                aged(problem, config.repair_grace_ms)
+            }
             _ => false,
         };
         if ready {

@@ -38,7 +38,11 @@ pub struct Observer {
 }
 
 impl Observer {
-    pub fn new(topology: Topology, clients: Arc<Clients>, unreachable_after: Duration) -> Arc<Observer> {
+    pub fn new(
+        topology: Topology,
+        clients: Arc<Clients>,
+        unreachable_after: Duration,
+    ) -> Arc<Observer> {
         Arc::new(Observer {
             topology,
             clients,
@@ -133,7 +137,8 @@ impl Observer {
             Some(observed) => TabletView {
                 record: record.clone(),
                 status: observed.status.clone(),
-                reachable: observed.connected && observed.updated.elapsed() < self.unreachable_after,
+                reachable: observed.connected
+                    && observed.updated.elapsed() < self.unreachable_after,
             },
             None => TabletView {
                 record: record.clone(),
@@ -153,7 +158,11 @@ impl Observer {
     /// Records a shard's new primary locally at once (the topology may be slow or down).
     pub fn note_primary(&self, keyspace: &str, shard: &str, primary: &str, term: u64) {
         let mut records = self.records.write();
-        if let Some(record) = records.0.iter_mut().find(|s| s.keyspace == keyspace && s.name == shard) {
+        if let Some(record) = records
+            .0
+            .iter_mut()
+            .find(|s| s.keyspace == keyspace && s.name == shard)
+        {
             record.primary = Some(primary.to_string());
             record.term = record.term.max(term);
         }
@@ -161,7 +170,11 @@ impl Observer {
 }
 
 /// Keeps one tablet's status stream open, reconnecting with backoff.
-async fn follow(tablet: TabletRecord, clients: Arc<Clients>, statuses: Arc<DashMap<String, Observed>>) {
+async fn follow(
+    tablet: TabletRecord,
+    clients: Arc<Clients>,
+    statuses: Arc<DashMap<String, Observed>>,
+) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let stream = match clients.get(&tablet) {
@@ -176,28 +189,22 @@ async fn follow(tablet: TabletRecord, clients: Arc<Clients>, statuses: Arc<DashM
                 return;
             }
         };
-        match stream {
-            Ok(Ok(response)) => {
-                backoff = Duration::from_millis(100);
-                let mut stream = response.into_inner();
-                loop {
-                    // A stream that goes silent (hung tablet) counts as broken.
-                    match tokio::time::timeout(Duration::from_secs(3), stream.message()).await {
-                        Ok(Ok(Some(status))) => {
-                            statuses.insert(
-                                tablet.id.clone(),
-                                Observed {
-                                    status: Some(status),
-                                    updated: Instant::now(),
-                                    connected: true,
-                                },
-                            );
-                        }
-                        _ => break,
-                    }
-                }
+        if let Ok(Ok(response)) = stream {
+            backoff = Duration::from_millis(100);
+            let mut stream = response.into_inner();
+            // A stream that goes silent (hung tablet) counts as broken.
+            while let Ok(Ok(Some(status))) =
+                tokio::time::timeout(Duration::from_secs(3), stream.message()).await
+            {
+                statuses.insert(
+                    tablet.id.clone(),
+                    Observed {
+                        status: Some(status),
+                        updated: Instant::now(),
+                        connected: true,
+                    },
+                );
             }
-            _ => {}
         }
         if let Some(mut observed) = statuses.get_mut(&tablet.id) {
             observed.connected = false;

@@ -21,7 +21,12 @@ pub enum OperationError {
 }
 
 /// Reads a shard from the topology and asks each of its tablets for its status once.
-pub async fn snapshot(clients: &Clients, topology: &Topology, keyspace: &str, shard: &str) -> Result<ShardView, OperationError> {
+pub async fn snapshot(
+    clients: &Clients,
+    topology: &Topology,
+    keyspace: &str,
+    shard: &str,
+) -> Result<ShardView, OperationError> {
     let (record, _) = topology.get_shard(keyspace, shard).await?;
     let tablets = topology
         .list_tablets(None)
@@ -31,11 +36,19 @@ pub async fn snapshot(clients: &Clients, topology: &Topology, keyspace: &str, sh
         .filter(|t| t.keyspace == keyspace && t.shard == shard)
         .collect::<Vec<_>>();
     if tablets.is_empty() {
-        return Err(OperationError::Invalid(format!("shard {keyspace}/{shard} has no tablets")));
+        return Err(OperationError::Invalid(format!(
+            "shard {keyspace}/{shard} has no tablets"
+        )));
     }
     let views = futures::future::join_all(tablets.into_iter().map(|record| async move {
         let status = match clients.get(&record) {
-            Ok(mut client) => call(Duration::from_secs(3), "status", client.status(StatusRequest {})).await.ok(),
+            Ok(mut client) => call(
+                Duration::from_secs(3),
+                "status",
+                client.status(StatusRequest {}),
+            )
+            .await
+            .ok(),
             Err(_) => None,
         };
         TabletView {
@@ -45,7 +58,10 @@ pub async fn snapshot(clients: &Clients, topology: &Topology, keyspace: &str, sh
         }
     }))
     .await;
-    Ok(ShardView { record, tablets: views })
+    Ok(ShardView {
+        record,
+        tablets: views,
+    })
 }
 
 /// A planned switchover: drain the current primary (bounded), then a leadership change to
@@ -61,27 +77,43 @@ pub async fn switchover(
     let view = snapshot(&clients, topology, keyspace, shard).await?;
     let leader = view
         .leader()
-        .ok_or_else(|| OperationError::Invalid(format!("shard {keyspace}/{shard} has no serving primary; use `tessera failover`")))?
+        .ok_or_else(|| {
+            OperationError::Invalid(format!(
+                "shard {keyspace}/{shard} has no serving primary; use `tessera failover`"
+            ))
+        })?
         .clone();
     let candidate = match to {
         Some(to) => {
-            let target = view
-                .tablet(to)
-                .ok_or_else(|| OperationError::Invalid(format!("{to} is not a tablet of {keyspace}/{shard}")))?;
+            let target = view.tablet(to).ok_or_else(|| {
+                OperationError::Invalid(format!("{to} is not a tablet of {keyspace}/{shard}"))
+            })?;
             if target.record.id == leader.record.id {
-                return Err(OperationError::Invalid(format!("{to} is already the primary")));
+                return Err(OperationError::Invalid(format!(
+                    "{to} is already the primary"
+                )));
             }
-            if !target.reachable || target.status.as_ref().is_some_and(|s| s.role == "quarantined") {
-                return Err(OperationError::Invalid(format!("{to} is not healthy enough to lead")));
+            if !target.reachable
+                || target
+                    .status
+                    .as_ref()
+                    .is_some_and(|s| s.role == "quarantined")
+            {
+                return Err(OperationError::Invalid(format!(
+                    "{to} is not healthy enough to lead"
+                )));
             }
             Some(to.to_string())
         }
         None => None,
     };
-    let _lock = tokio::time::timeout(Duration::from_secs(5), topology.lock_shard(keyspace, shard, crate::SHARD_LOCK_TTL))
-        .await
-        .ok()
-        .and_then(Result::ok);
+    let _lock = tokio::time::timeout(
+        Duration::from_secs(5),
+        topology.lock_shard(keyspace, shard, crate::SHARD_LOCK_TTL),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok);
     let started = Instant::now();
     if let Ok(mut client) = clients.get(&leader.record) {
         let _ = call(
@@ -113,7 +145,11 @@ fn best_other(view: &ShardView, not: &str) -> Option<String> {
     view.tablets
         .iter()
         .filter(|t| t.record.id != not && t.reachable)
-        .filter(|t| t.status.as_ref().is_some_and(|s| s.postgres_healthy && s.role != "quarantined"))
+        .filter(|t| {
+            t.status
+                .as_ref()
+                .is_some_and(|s| s.postgres_healthy && s.role != "quarantined")
+        })
         .max_by_key(|t| t.status.as_ref().map(|s| (s.wal_term, s.lsn_value)))
         .map(|t| t.record.id.clone())
 }
@@ -130,7 +166,9 @@ pub async fn failover(
     if let Some(to) = to
         && view.tablet(to).is_none()
     {
-        return Err(OperationError::Invalid(format!("{to} is not a tablet of {keyspace}/{shard}")));
+        return Err(OperationError::Invalid(format!(
+            "{to} is not a tablet of {keyspace}/{shard}"
+        )));
     }
     let spec = ChangeSpec {
         keyspace: keyspace.to_string(),

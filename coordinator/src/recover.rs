@@ -69,7 +69,9 @@ pub async fn recover(
         | Problem::Unestablished { .. }
         | Problem::PolicyMismatch { .. } => {
             let spec = change_spec(keyspace, shard, problem);
-            Ok(Some(change::run(agent, clients, topology, spec, timeouts).await?))
+            Ok(Some(
+                change::run(agent, clients, topology, spec, timeouts).await?,
+            ))
         }
         Problem::StalePrimary { tablet, .. } | Problem::ReplicaNotReplicating { tablet } => {
             repoint_to_leader(clients, shard, tablet, timeouts.repoint).await?;
@@ -93,7 +95,9 @@ pub async fn repoint_to_leader(
         .ok_or_else(|| RecoveryError::Repair("no leader to repoint to".into()))?;
     let leader_status = leader.status.as_ref().expect("leaders have a status");
     if leader_status.agent.is_empty() || leader_status.term == 0 {
-        return Err(RecoveryError::Repair("the leader has no established term".into()));
+        return Err(RecoveryError::Repair(
+            "the leader has no established term".into(),
+        ));
     }
     let target = shard
         .tablet(tablet)

@@ -52,7 +52,10 @@ impl Backends {
                 user: self.config.backend_user.clone(),
                 password: self.config.backend_password.clone(),
                 database: tablet.keyspace.clone(),
-                params: vec![("application_name".into(), format!("tessera-gate-{}", self.config.gate_id))],
+                params: vec![(
+                    "application_name".into(),
+                    format!("tessera-gate-{}", self.config.gate_id),
+                )],
                 connect_timeout_ms: self.config.backend_acquire_timeout_ms,
             },
             max_size: self.config.backend_pool_size,
@@ -70,28 +73,34 @@ impl Backends {
         keyspace: &str,
         shard: ShardIndex,
     ) -> Result<PooledConn, AcquireError> {
-        let (tablet, shard_name) = {
-            let view = cluster.view();
-            let keyspace_view = view.keyspaces.get(keyspace).ok_or_else(|| AcquireError::NotServing {
-                tablet: "?".into(),
-                reason: format!("keyspace {keyspace} is not in the topology"),
-                term: 0,
-            })?;
-            let shard_name = keyspace_view.shards.name(shard).to_string();
-            let primary = cluster
-                .primary(keyspace, &shard_name, keyspace_view.primary(shard))
-                .ok_or_else(|| AcquireError::NotServing {
-                    tablet: "?".into(),
-                    reason: format!("shard {keyspace}/{shard_name} has no primary"),
-                    term: 0,
+        let (tablet, shard_name) =
+            {
+                let view = cluster.view();
+                let keyspace_view =
+                    view.keyspaces
+                        .get(keyspace)
+                        .ok_or_else(|| AcquireError::NotServing {
+                            tablet: "?".into(),
+                            reason: format!("keyspace {keyspace} is not in the topology"),
+                            term: 0,
+                        })?;
+                let shard_name = keyspace_view.shards.name(shard).to_string();
+                let primary = cluster
+                    .primary(keyspace, &shard_name, keyspace_view.primary(shard))
+                    .ok_or_else(|| AcquireError::NotServing {
+                        tablet: "?".into(),
+                        reason: format!("shard {keyspace}/{shard_name} has no primary"),
+                        term: 0,
+                    })?;
+                let tablet = view.tablets.get(&primary).cloned().ok_or_else(|| {
+                    AcquireError::NotServing {
+                        tablet: primary.to_string(),
+                        reason: format!("primary of {keyspace}/{shard_name} is not registered"),
+                        term: 0,
+                    }
                 })?;
-            let tablet = view.tablets.get(&primary).cloned().ok_or_else(|| AcquireError::NotServing {
-                tablet: primary.to_string(),
-                reason: format!("primary of {keyspace}/{shard_name} is not registered"),
-                term: 0,
-            })?;
-            (tablet, shard_name)
-        };
+                (tablet, shard_name)
+            };
         let source = self.source(&tablet);
         source.acquire().await.map_err(|error| {
             tracing::debug!(%error, keyspace, shard = %shard_name, tablet = %tablet.id, "acquire failed");

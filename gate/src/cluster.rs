@@ -64,7 +64,9 @@ pub struct Cluster {
     /// primary is only the fallback, so failover reaches clients even while the topology is
     /// unavailable.
     live: dashmap::DashMap<String, LiveTablet>,
-    streams: parking_lot::Mutex<std::collections::HashMap<String, (TabletRecord, tokio::task::JoinHandle<()>)>>,
+    streams: parking_lot::Mutex<
+        std::collections::HashMap<String, (TabletRecord, tokio::task::JoinHandle<()>)>,
+    >,
 }
 
 impl Cluster {
@@ -105,7 +107,10 @@ impl Cluster {
             .iter()
             .filter(|entry| {
                 let t = entry.value();
-                t.serving && t.keyspace == keyspace && t.shard == shard && t.updated.elapsed() < LIVE_STATUS_TTL
+                t.serving
+                    && t.keyspace == keyspace
+                    && t.shard == shard
+                    && t.updated.elapsed() < LIVE_STATUS_TTL
             })
             .max_by_key(|entry| entry.value().term)
             .map(|entry| entry.key().clone());
@@ -164,9 +169,13 @@ impl Cluster {
                     .ok()
                     .map(|r| r.into_inner())
             };
-            if let Ok(Some(mut stream)) = tokio::time::timeout(Duration::from_secs(2), connected).await {
+            if let Ok(Some(mut stream)) =
+                tokio::time::timeout(Duration::from_secs(2), connected).await
+            {
                 backoff = Duration::from_millis(100);
-                while let Ok(Ok(Some(status))) = tokio::time::timeout(Duration::from_secs(3), stream.message()).await {
+                while let Ok(Ok(Some(status))) =
+                    tokio::time::timeout(Duration::from_secs(3), stream.message()).await
+                {
                     let previous = self.live.insert(
                         tablet.id.clone(),
                         LiveTablet {
@@ -177,7 +186,8 @@ impl Cluster {
                             updated: std::time::Instant::now(),
                         },
                     );
-                    let changed = previous.is_none_or(|p| p.serving != status.serving || p.term != status.term);
+                    let changed = previous
+                        .is_none_or(|p| p.serving != status.serving || p.term != status.term);
                     if changed {
                         // Wake buffered queries: a primary may have appeared.
                         self.changed.send_modify(|n| *n += 1);
@@ -240,7 +250,10 @@ pub fn vschema_from_record(record: &KeyspaceRecord, version: u64) -> (VSchema, V
         let kind = match table.kind {
             RecordKind::Reference => TableKind::Reference,
             RecordKind::Sharded => {
-                let column = table.column.clone().unwrap_or_else(|| record.sharding_column.clone());
+                let column = table
+                    .column
+                    .clone()
+                    .unwrap_or_else(|| record.sharding_column.clone());
                 let type_name = table.column_type.as_deref().unwrap_or("bigint");
                 match HashFamily::for_sql_type(type_name) {
                     Some(family) => TableKind::Sharded { column, family },
@@ -279,9 +292,10 @@ async fn build_view(topology: &Topology) -> Result<ClusterView, TopoError> {
             }
             match shard.name.parse::<KeyRange>() {
                 Ok(range) => serving.push((shard, range)),
-                Err(error) => view
-                    .problems
-                    .push(format!("keyspace {}: shard {}: {error}", keyspace.name, shard.name)),
+                Err(error) => view.problems.push(format!(
+                    "keyspace {}: shard {}: {error}",
+                    keyspace.name, shard.name
+                )),
             }
         }
         serving.sort_by_key(|(_, range)| range.start);

@@ -88,7 +88,12 @@ impl GateConfig {
         if self.users.iter().any(|u| u.name.is_empty()) {
             return fail("users", "user names must not be empty");
         }
-        if self.gate_id.is_empty() || !self.gate_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        if self.gate_id.is_empty()
+            || !self
+                .gate_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
             return fail("gate_id", "use letters, digits, '-' and '_' only");
         }
         if self.max_client_connections == 0 {

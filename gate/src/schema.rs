@@ -83,7 +83,11 @@ pub fn apply(record: &mut KeyspaceRecord, effects: &[SchemaEffect]) {
 
 /// Writes the effects into the keyspace record (compare-and-set, retried) and refreshes the
 /// local view so the next statement of this session already sees them.
-pub async fn publish(cluster: &Cluster, keyspace: &str, effects: &[SchemaEffect]) -> Result<(), TopoError> {
+pub async fn publish(
+    cluster: &Cluster,
+    keyspace: &str,
+    effects: &[SchemaEffect],
+) -> Result<(), TopoError> {
     cluster
         .topology()
         .update_keyspace(keyspace, |record| {

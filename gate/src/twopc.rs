@@ -26,7 +26,13 @@ use crate::server::Shared;
 
 /// The transaction id for one distributed commit: names the keyspace and the coordinator shard
 /// so that recovery knows where the decision lives.
-pub fn gid(keyspace: &str, coordinator_shard: &str, gate_id: &str, boot: u64, transaction: u64) -> String {
+pub fn gid(
+    keyspace: &str,
+    coordinator_shard: &str,
+    gate_id: &str,
+    boot: u64,
+    transaction: u64,
+) -> String {
     format!("{TWOPC_GID_PREFIX}{keyspace}:{coordinator_shard}:{gate_id}:{boot:x}:{transaction}")
 }
 
@@ -157,7 +163,11 @@ pub async fn recover_keyspace(shared: &Shared, keyspace: &str) -> Result<usize, 
     let mut all_prepared = Vec::new();
     let mut complete = true;
     for shard in 0..view.shards.len() {
-        let mut conn = match shared.backends.try_acquire(&shared.cluster, keyspace, shard).await {
+        let mut conn = match shared
+            .backends
+            .try_acquire(&shared.cluster, keyspace, shard)
+            .await
+        {
             Ok(conn) => conn,
             Err(_) => {
                 complete = false;
@@ -172,7 +182,10 @@ pub async fn recover_keyspace(shared: &Shared, keyspace: &str) -> Result<usize, 
             .await
             .map_err(|e| e.to_sql_error("listing prepared transactions"))?;
         for row in rows {
-            let (Some(gid), Some(old)) = (row.first().cloned().flatten(), row.get(1).cloned().flatten()) else {
+            let (Some(gid), Some(old)) = (
+                row.first().cloned().flatten(),
+                row.get(1).cloned().flatten(),
+            ) else {
                 continue;
             };
             all_prepared.push(gid.clone());
@@ -199,7 +212,9 @@ pub async fn recover_keyspace(shared: &Shared, keyspace: &str) -> Result<usize, 
                     tracing::info!(%gid, %decision, shard = view.shards.name(shard), "resolved in-doubt transaction");
                 }
                 // Another gate's recovery may have resolved it first.
-                Err(error) => tracing::debug!(%gid, %error, "resolving in-doubt transaction failed"),
+                Err(error) => {
+                    tracing::debug!(%gid, %error, "resolving in-doubt transaction failed")
+                }
             }
         }
     }
@@ -210,10 +225,18 @@ pub async fn recover_keyspace(shared: &Shared, keyspace: &str) -> Result<usize, 
         let keep = if all_prepared.is_empty() {
             "''".to_string()
         } else {
-            all_prepared.iter().map(|g| literal(g)).collect::<Vec<_>>().join(", ")
+            all_prepared
+                .iter()
+                .map(|g| literal(g))
+                .collect::<Vec<_>>()
+                .join(", ")
         };
         for shard in 0..view.shards.len() {
-            if let Ok(mut conn) = shared.backends.try_acquire(&shared.cluster, keyspace, shard).await {
+            if let Ok(mut conn) = shared
+                .backends
+                .try_acquire(&shared.cluster, keyspace, shard)
+                .await
+            {
                 let _ = conn
                     .simple(&format!(
                         "DELETE FROM tessera.twopc_decisions WHERE decided_at < now() - interval '60 seconds' AND gid NOT IN ({keep})"
@@ -227,7 +250,12 @@ pub async fn recover_keyspace(shared: &Shared, keyspace: &str) -> Result<usize, 
 
 /// Reads the decision for `gid`, recording 'abort' first if none was made, so a gate still
 /// committing cannot decide 'commit' afterwards.
-async fn decide(shared: &Shared, keyspace: &str, coordinator: usize, gid: &str) -> Result<String, SqlError> {
+async fn decide(
+    shared: &Shared,
+    keyspace: &str,
+    coordinator: usize,
+    gid: &str,
+) -> Result<String, SqlError> {
     let mut conn = shared
         .backends
         .try_acquire(&shared.cluster, keyspace, coordinator)

@@ -27,14 +27,22 @@ impl TryFrom<&pb::Ruleset> for Ruleset {
     fn try_from(wire: &pb::Ruleset) -> Result<Ruleset, RulesWireError> {
         let mut cohort = Cohort::new();
         for member in &wire.cohort {
-            cohort.insert(node(&member.id)?, NodeProperties::in_zone(member.zone.clone()));
+            cohort.insert(
+                node(&member.id)?,
+                NodeProperties::in_zone(member.zone.clone()),
+            );
         }
         let mut primaries = Vec::with_capacity(wire.primaries.len());
         for primary in &wire.primaries {
             let groups = primary
                 .groups
                 .iter()
-                .map(|g| g.members.iter().map(|m| node(m)).collect::<Result<BTreeSet<_>, _>>())
+                .map(|g| {
+                    g.members
+                        .iter()
+                        .map(|m| node(m))
+                        .collect::<Result<BTreeSet<_>, _>>()
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             primaries.push((node(&primary.primary)?, groups));
         }
@@ -61,7 +69,11 @@ pub fn to_wire(ruleset: &Ruleset, policy: &str) -> pb::Ruleset {
                     .groups(primary)
                     .iter()
                     .map(|group| pb::Group {
-                        members: group.members().iter().map(|m| m.as_str().to_string()).collect(),
+                        members: group
+                            .members()
+                            .iter()
+                            .map(|m| m.as_str().to_string())
+                            .collect(),
                     })
                     .collect(),
             })
@@ -78,9 +90,18 @@ mod tests {
     #[test]
     fn rulesets_round_trip_through_the_wire_form() {
         let cohort = Cohort::new()
-            .with_node(NodeId::new("zone1-101").unwrap(), NodeProperties::in_zone("zone1"))
-            .with_node(NodeId::new("zone2-102").unwrap(), NodeProperties::in_zone("zone2"))
-            .with_node(NodeId::new("zone3-103").unwrap(), NodeProperties::in_zone("zone3"));
+            .with_node(
+                NodeId::new("zone1-101").unwrap(),
+                NodeProperties::in_zone("zone1"),
+            )
+            .with_node(
+                NodeId::new("zone2-102").unwrap(),
+                NodeProperties::in_zone("zone2"),
+            )
+            .with_node(
+                NodeId::new("zone3-103").unwrap(),
+                NodeProperties::in_zone("zone3"),
+            );
         for policy in ["at_least_n(2)", "multi_zone(2)", "majority"] {
             let spec: PolicySpec = policy.parse().unwrap();
             let ruleset = spec.compile(&cohort).unwrap();
@@ -93,10 +114,15 @@ mod tests {
     #[test]
     fn wire_rulesets_naming_strangers_are_rejected() {
         let wire = pb::Ruleset {
-            cohort: vec![pb::Member { id: "a".into(), zone: "z".into() }],
+            cohort: vec![pb::Member {
+                id: "a".into(),
+                zone: "z".into(),
+            }],
             primaries: vec![pb::PrimaryGroups {
                 primary: "a".into(),
-                groups: vec![pb::Group { members: vec!["b".into()] }],
+                groups: vec![pb::Group {
+                    members: vec!["b".into()],
+                }],
             }],
             policy: String::new(),
         };

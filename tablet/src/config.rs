@@ -65,7 +65,9 @@ impl TabletConfig {
             })
         };
         let name_ok = |s: &str| {
-            !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         };
         if !name_ok(&self.id) {
             return fail("id", "use letters, digits, '-' and '_' only");
@@ -88,7 +90,10 @@ impl TabletConfig {
         if self.pooler_port == 0 || self.grpc_port == 0 {
             return fail("ports", "pooler_port and grpc_port must be set");
         }
-        if self.postgres.port == self.pooler_port || self.postgres.port == self.grpc_port || self.pooler_port == self.grpc_port {
+        if self.postgres.port == self.pooler_port
+            || self.postgres.port == self.grpc_port
+            || self.pooler_port == self.grpc_port
+        {
             return fail("ports", "postgres, pooler and grpc ports must differ");
         }
         self.postgres.validate().map_err(|error| ConfigError {

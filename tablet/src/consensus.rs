@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use prost::Message;
 use tessera_consensus::{
-    ActiveRules, AgentId, LogPosition, LogSummary, NodeId, NodeState, NodeStep, Refusal, Ruleset, Term,
+    ActiveRules, AgentId, LogPosition, LogSummary, NodeId, NodeState, NodeStep, Refusal, Ruleset,
+    Term,
 };
 use tessera_proto::schema::LAST_TERMS;
 use tessera_proto::tablet as pb;
@@ -81,22 +82,33 @@ impl TermFile {
     pub fn load(&self) -> Result<NodeState, std::io::Error> {
         let bytes = match std::fs::read(&self.path) {
             Ok(bytes) => bytes,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(NodeState::default()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(NodeState::default());
+            }
             Err(error) => return Err(error),
         };
         let corrupt = |reason: String| {
             std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
-                format!("{} is corrupt ({reason}); restore it or remove the tablet", self.path.display()),
+                format!(
+                    "{} is corrupt ({reason}); restore it or remove the tablet",
+                    self.path.display()
+                ),
             )
         };
-        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
-        let term = value["term"].as_u64().ok_or_else(|| corrupt("no term".into()))?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        let term = value["term"]
+            .as_u64()
+            .ok_or_else(|| corrupt("no term".into()))?;
         let agent = match value["agent"].as_str() {
             Some(agent) => Some(AgentId::new(agent).map_err(|e| corrupt(e.to_string()))?),
             None => None,
         };
-        Ok(NodeState { term: Term(term), agent })
+        Ok(NodeState {
+            term: Term(term),
+            agent,
+        })
     }
 
     /// Writes atomically and durably: temp file, fsync, rename, fsync the directory.
@@ -150,7 +162,12 @@ impl ConsensusState {
     }
 
     pub fn agent(&self) -> Option<String> {
-        self.node.lock().durable().agent.as_ref().map(|a| a.as_str().to_string())
+        self.node
+            .lock()
+            .durable()
+            .agent
+            .as_ref()
+            .map(|a| a.as_str().to_string())
     }
 }
 
@@ -168,7 +185,8 @@ impl TryFrom<Option<&pb::Stamp>> for Stamp {
         if stamp.term == 0 {
             return Err(ConsensusError::Invalid("term 0 cannot be joined".into()));
         }
-        let agent = AgentId::new(stamp.agent.clone()).map_err(|e| ConsensusError::Invalid(format!("agent: {e}")))?;
+        let agent = AgentId::new(stamp.agent.clone())
+            .map_err(|e| ConsensusError::Invalid(format!("agent: {e}")))?;
         Ok(Stamp {
             term: Term(stamp.term),
             agent,
@@ -177,14 +195,19 @@ impl TryFrom<Option<&pb::Stamp>> for Stamp {
 }
 
 /// Where another tablet's PostgreSQL can be reached, from the wire.
-pub fn peer_source(tablet: &Tablet, peer: Option<&pb::Peer>) -> Result<(String, ReplicationSource), ConsensusError> {
+pub fn peer_source(
+    tablet: &Tablet,
+    peer: Option<&pb::Peer>,
+) -> Result<(String, ReplicationSource), ConsensusError> {
     let peer = peer.ok_or_else(|| ConsensusError::Invalid("missing peer".into()))?;
     let port = u16::try_from(peer.postgres_port)
         .ok()
         .filter(|p| *p != 0)
         .ok_or_else(|| ConsensusError::Invalid(format!("invalid port {}", peer.postgres_port)))?;
     if peer.id.is_empty() || peer.host.is_empty() {
-        return Err(ConsensusError::Invalid("peer id and host are required".into()));
+        return Err(ConsensusError::Invalid(
+            "peer id and host are required".into(),
+        ));
     }
     Ok((peer.id.clone(), tablet.replication_source(&peer.host, port)))
 }
@@ -199,7 +222,8 @@ impl Tablet {
     pub(crate) async fn admit(&self, stamp: &Stamp) -> Result<bool, ConsensusError> {
         let step = {
             let mut node = self.consensus().node.lock();
-            node.admit(stamp.term, &stamp.agent).map_err(ConsensusError::Refused)?
+            node.admit(stamp.term, &stamp.agent)
+                .map_err(ConsensusError::Refused)?
         };
         match step {
             NodeStep::Act => Ok(false),
@@ -229,7 +253,12 @@ impl Tablet {
     async fn wait_persisted(&self, stamp: &Stamp) -> Result<(), ConsensusError> {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            if self.consensus().node.lock().may_act(stamp.term, &stamp.agent) {
+            if self
+                .consensus()
+                .node
+                .lock()
+                .may_act(stamp.term, &stamp.agent)
+            {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -249,7 +278,12 @@ impl Tablet {
     /// Fails if a newer term arrived since `stamp` was admitted (long operations check this
     /// before answering).
     fn still_current(&self, stamp: &Stamp) -> Result<(), ConsensusError> {
-        if self.consensus().node.lock().may_act(stamp.term, &stamp.agent) {
+        if self
+            .consensus()
+            .node
+            .lock()
+            .may_act(stamp.term, &stamp.agent)
+        {
             Ok(())
         } else {
             Err(self.superseded(stamp))
@@ -263,7 +297,11 @@ impl Tablet {
         self.pool().reset();
         match self.postgres().role().await {
             Ok(ServerRole::Primary) => {
-                if let Err(error) = self.postgres().set_synchronous_standby_names(FENCED_STANDBY_NAMES).await {
+                if let Err(error) = self
+                    .postgres()
+                    .set_synchronous_standby_names(FENCED_STANDBY_NAMES)
+                    .await
+                {
                     tracing::error!(tablet = %self.id(), %error, "cannot fence commits of the old primary");
                 }
                 if let Err(error) = self.terminate_client_backends().await {
@@ -275,7 +313,9 @@ impl Tablet {
                     tracing::error!(tablet = %self.id(), %error, "cannot stop following the old primary");
                 }
             }
-            Err(error) => tracing::warn!(tablet = %self.id(), %error, "PostgreSQL unavailable while stepping down"),
+            Err(error) => {
+                tracing::warn!(tablet = %self.id(), %error, "PostgreSQL unavailable while stepping down")
+            }
         }
         self.consensus().established.store(0, Ordering::Release);
     }
@@ -319,10 +359,12 @@ impl Tablet {
         for row in &rows {
             let term: i64 = row.get(0);
             let bytes: Vec<u8> = row.get(2);
-            let wire = pb::Ruleset::decode(bytes.as_slice())
-                .map_err(|e| ConsensusError::Query(format!("undecodable ruleset of term {term}: {e}")))?;
-            let ruleset = Ruleset::try_from(&wire)
-                .map_err(|e| ConsensusError::Query(format!("invalid ruleset of term {term}: {e}")))?;
+            let wire = pb::Ruleset::decode(bytes.as_slice()).map_err(|e| {
+                ConsensusError::Query(format!("undecodable ruleset of term {term}: {e}"))
+            })?;
+            let ruleset = Ruleset::try_from(&wire).map_err(|e| {
+                ConsensusError::Query(format!("invalid ruleset of term {term}: {e}"))
+            })?;
             entries.push((term as u64, ruleset));
         }
         let last_term = entries.first().map(|(t, _)| *t).unwrap_or(0);
@@ -331,7 +373,10 @@ impl Tablet {
         let summary = LogSummary {
             last: LogPosition::new(Term(last_term), lsn),
             ruleset: entries.get(1).map(|(_, r)| r.clone()),
-            pending: entries.first().map(|(_, r)| vec![r.clone()]).unwrap_or_default(),
+            pending: entries
+                .first()
+                .map(|(_, r)| vec![r.clone()])
+                .unwrap_or_default(),
         };
         Ok((summary, last_term))
     }
@@ -344,10 +389,14 @@ impl Tablet {
         if let Ok(ServerRole::Standby) = self.postgres().role().await {
             // Joining stopped the receiver already; a repeated recruit (a retry) makes sure.
             if !joined {
-                self.postgres().stop_following(STOP_FOLLOWING_TIMEOUT).await?;
+                self.postgres()
+                    .stop_following(STOP_FOLLOWING_TIMEOUT)
+                    .await?;
             }
             // Replay what was received before answering.
-            self.postgres().wait_replay_caught_up(REPLAY_TIMEOUT).await?;
+            self.postgres()
+                .wait_replay_caught_up(REPLAY_TIMEOUT)
+                .await?;
             self.set_following(None);
         }
         let (summary, _) = self.log_summary().await?;
@@ -385,13 +434,20 @@ impl Tablet {
                 if Instant::now() > deadline {
                     return Err(ConsensusError::Timeout(
                         CATCH_UP_TIMEOUT,
-                        format!("catching up to {up_to} from {source_id}, at {}", summary.last),
+                        format!(
+                            "catching up to {up_to} from {source_id}, at {}",
+                            summary.last
+                        ),
                     ));
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            self.postgres().stop_following(STOP_FOLLOWING_TIMEOUT).await?;
-            self.postgres().wait_replay_caught_up(REPLAY_TIMEOUT).await?;
+            self.postgres()
+                .stop_following(STOP_FOLLOWING_TIMEOUT)
+                .await?;
+            self.postgres()
+                .wait_replay_caught_up(REPLAY_TIMEOUT)
+                .await?;
             self.set_following(None);
         }
         let (summary, _) = self.log_summary().await?;
@@ -427,7 +483,9 @@ impl Tablet {
         self.still_current(stamp)?;
         if self.postgres().role().await? == ServerRole::Standby {
             // Commits of the new primary must wait for its standbys from the very first one.
-            self.postgres().set_synchronous_standby_names(FENCED_STANDBY_NAMES).await?;
+            self.postgres()
+                .set_synchronous_standby_names(FENCED_STANDBY_NAMES)
+                .await?;
             let timeline = self.postgres().promote(PROMOTE_TIMEOUT).await?;
             tracing::info!(tablet = %self.id(), term = stamp.term.0, timeline, "promoted");
         }
@@ -495,12 +553,18 @@ impl Tablet {
 
     /// Establish: durability for `rules`, then the establishment entry of the term, written and
     /// waited for under those rules.
-    pub async fn establish(&self, stamp: &Stamp, rules: &[pb::Ruleset]) -> Result<LogPosition, ConsensusError> {
+    pub async fn establish(
+        &self,
+        stamp: &Stamp,
+        rules: &[pb::Ruleset],
+    ) -> Result<LogPosition, ConsensusError> {
         self.admit(stamp).await?;
         let _operation = self.consensus().operations.lock().await;
         self.still_current(stamp)?;
         if self.postgres().role().await? != ServerRole::Primary {
-            return Err(ConsensusError::Precondition("not promoted: PostgreSQL is a standby".into()));
+            return Err(ConsensusError::Precondition(
+                "not promoted: PostgreSQL is a standby".into(),
+            ));
         }
         let (target_wire, rulesets) = match rules.split_last() {
             Some((target, _)) => (
@@ -517,13 +581,15 @@ impl Tablet {
         for ruleset in &rulesets[1..] {
             active.push(ruleset.clone());
         }
-        let names = active
-            .to_postgres(&self.node_id())
-            .map_err(|e| ConsensusError::Precondition(format!("rules cannot be enforced by PostgreSQL: {e}")))?;
+        let names = active.to_postgres(&self.node_id()).map_err(|e| {
+            ConsensusError::Precondition(format!("rules cannot be enforced by PostgreSQL: {e}"))
+        })?;
         if !names.is_exact() {
             tracing::info!(tablet = %self.id(), setting = %names, "synchronous_standby_names is stricter than the policy (no exact ANY k form)");
         }
-        self.postgres().set_synchronous_standby_names(&names.setting()).await?;
+        self.postgres()
+            .set_synchronous_standby_names(&names.setting())
+            .await?;
         let client = self.postgres().connect(&self.config().keyspace).await?;
         let encoded = target_wire.encode_to_vec();
         let term = stamp.term.0 as i64;
@@ -548,9 +614,13 @@ impl Tablet {
             })?
             .map_err(|e| ConsensusError::Query(format!("writing the establishment entry: {e}")))?;
         let lsn: String = row.get(0);
-        let lsn: crate::postgres::Lsn = lsn.parse().map_err(|e| ConsensusError::Query(format!("{e}")))?;
+        let lsn: crate::postgres::Lsn = lsn
+            .parse()
+            .map_err(|e| ConsensusError::Query(format!("{e}")))?;
         self.still_current(stamp)?;
-        self.consensus().established.store(stamp.term.0, Ordering::Release);
+        self.consensus()
+            .established
+            .store(stamp.term.0, Ordering::Release);
         tracing::info!(tablet = %self.id(), term = stamp.term.0, setting = %names, lsn = %lsn, "term established");
         Ok(LogPosition::new(stamp.term, lsn.as_u64()))
     }

@@ -68,7 +68,10 @@ pub async fn serve(
     // Graceful gRPC shutdown waits for open status streams; a watcher that never hangs up
     // must not keep the tablet alive.
     let abort = grpc.abort_handle();
-    if tokio::time::timeout(std::time::Duration::from_secs(2), grpc).await.is_err() {
+    if tokio::time::timeout(std::time::Duration::from_secs(2), grpc)
+        .await
+        .is_err()
+    {
         abort.abort();
     }
 }

@@ -63,10 +63,10 @@ pub async fn serve(listener: TcpListener, tablet: Arc<Tablet>, shutdown: impl Fu
                         batch: Batch::default(),
                         skip_to_sync: false,
                     };
-                    if session.start(&params, secret).await {
-                        if let Err(error) = session.serve().await {
-                            tracing::debug!(%error, "pooler session ended");
-                        }
+                    if session.start(&params, secret).await
+                        && let Err(error) = session.serve().await
+                    {
+                        tracing::debug!(%error, "pooler session ended");
                     }
                     session.finish().await;
                     cancels.remove(&id);
@@ -113,16 +113,26 @@ fn session_setting(sql: &str) -> Option<bool> {
         return Some(true);
     }
     let is_set = lower.starts_with("set ") || lower.starts_with("reset ");
-    let scoped = lower.starts_with("set local") || lower.starts_with("set transaction") || lower.starts_with("set session characteristics");
+    let scoped = lower.starts_with("set local")
+        || lower.starts_with("set transaction")
+        || lower.starts_with("set session characteristics");
     (is_set && !scoped).then_some(false)
 }
 
 impl PoolerSession {
     async fn start(&mut self, params: &[(String, String)], secret: i32) -> bool {
-        let user = StartupRequest::param(params, "user").unwrap_or("").to_string();
-        let database = StartupRequest::param(params, "database").unwrap_or(&user).to_string();
-        let verifier = (user == self.tablet.config().postgres.superuser).then(|| self.tablet.verifier());
-        if startup::authenticate(&mut self.client, &user, verifier).await.is_err() {
+        let user = StartupRequest::param(params, "user")
+            .unwrap_or("")
+            .to_string();
+        let database = StartupRequest::param(params, "database")
+            .unwrap_or(&user)
+            .to_string();
+        let verifier =
+            (user == self.tablet.config().postgres.superuser).then(|| self.tablet.verifier());
+        if startup::authenticate(&mut self.client, &user, verifier)
+            .await
+            .is_err()
+        {
             return false;
         }
         if database != self.tablet.config().keyspace {
@@ -133,7 +143,10 @@ impl PoolerSession {
         }
         // Parameters the client asked for become session settings (except identity ones).
         for (name, value) in params {
-            if matches!(name.as_str(), "user" | "database" | "application_name" | "options" | "replication") {
+            if matches!(
+                name.as_str(),
+                "user" | "database" | "application_name" | "options" | "replication"
+            ) {
                 continue;
             }
             if name.eq_ignore_ascii_case("client_encoding") && value.eq_ignore_ascii_case("utf8") {
@@ -171,7 +184,12 @@ impl PoolerSession {
     async fn conn(&mut self) -> Result<(&mut PooledConn, &mut Batch), SqlError> {
         if self.held.is_none() {
             self.tablet.check_serving().map_err(|e| e.to_sql_error())?;
-            let mut conn = self.tablet.pool().get().await.map_err(|e| e.to_sql_error())?;
+            let mut conn = self
+                .tablet
+                .pool()
+                .get()
+                .await
+                .map_err(|e| e.to_sql_error())?;
             if conn.settings != self.settings {
                 let mut sql = String::from("RESET ALL");
                 for (_, statement) in &self.settings {
@@ -190,7 +208,12 @@ impl PoolerSession {
     }
 
     fn release_if_idle(&mut self) {
-        if self.batch.is_empty() && self.held.as_ref().is_some_and(|c| c.tx_status == TxStatus::Idle) {
+        if self.batch.is_empty()
+            && self
+                .held
+                .as_ref()
+                .is_some_and(|c| c.tx_status == TxStatus::Idle)
+        {
             self.held = None;
             if let Some(mut entry) = self.cancels.get_mut(&self.id) {
                 entry.1 = None;
@@ -244,7 +267,11 @@ impl PoolerSession {
             let frame = self.client.read_buf.split_to(len).freeze();
             let result = match tag {
                 frontend::QUERY => self.query(&frame).await,
-                frontend::PARSE | frontend::BIND | frontend::DESCRIBE | frontend::EXECUTE | frontend::CLOSE => {
+                frontend::PARSE
+                | frontend::BIND
+                | frontend::DESCRIBE
+                | frontend::EXECUTE
+                | frontend::CLOSE => {
                     if self.skip_to_sync {
                         Ok(())
                     } else {
@@ -278,7 +305,10 @@ impl PoolerSession {
                 other => {
                     SqlError::fatal(
                         "08P01",
-                        format!("invalid frontend message type '{}'", tessera_wire::socket::printable(other)),
+                        format!(
+                            "invalid frontend message type '{}'",
+                            tessera_wire::socket::printable(other)
+                        ),
                     )
                     .encode(&mut self.client.write_buf);
                     let _ = self.client.flush().await;
@@ -305,16 +335,24 @@ impl PoolerSession {
         let sql = tessera_wire::extended::parse_query(&frame[5..])
             .map_err(|e| SqlError::fatal("08P01", e.to_string()))?
             .to_string();
-        let outside_transaction = self.held.as_ref().is_none_or(|c| c.tx_status == TxStatus::Idle);
+        let outside_transaction = self
+            .held
+            .as_ref()
+            .is_none_or(|c| c.tx_status == TxStatus::Idle);
         let setting = outside_transaction.then(|| session_setting(&sql)).flatten();
         let (conn, batch) = self.conn().await?;
         batch.query(conn, &sql, true);
         let outcome = match self.pump().await {
             Ok(outcome) => outcome,
-            Err(RelayError::Client(error)) => return Err(SqlError::fatal("08006", error.to_string())),
+            Err(RelayError::Client(error)) => {
+                return Err(SqlError::fatal("08006", error.to_string()));
+            }
             Err(error) => {
                 self.held = None;
-                return Err(SqlError::new("08006", format!("lost the PostgreSQL connection: {error}")));
+                return Err(SqlError::new(
+                    "08006",
+                    format!("lost the PostgreSQL connection: {error}"),
+                ));
             }
         };
         if outcome.error.is_none() {
@@ -330,14 +368,18 @@ impl PoolerSession {
             }
         }
         self.release_if_idle();
-        self.ready().await.map_err(|e| SqlError::fatal("08006", e.to_string()))
+        self.ready()
+            .await
+            .map_err(|e| SqlError::fatal("08006", e.to_string()))
     }
 
     fn statement(&self, name: &str) -> Result<Arc<Statement>, SqlError> {
-        self.statements
-            .get(name)
-            .cloned()
-            .ok_or_else(|| SqlError::new("26000", format!("prepared statement \"{name}\" does not exist")))
+        self.statements.get(name).cloned().ok_or_else(|| {
+            SqlError::new(
+                "26000",
+                format!("prepared statement \"{name}\" does not exist"),
+            )
+        })
     }
 
     async fn extended(&mut self, tag: u8, frame: &Bytes) -> Result<(), SqlError> {
@@ -441,7 +483,10 @@ mod tests {
         assert_eq!(session_setting("  reset all; SET x = 1"), Some(true));
         assert_eq!(session_setting("reset timezone"), Some(false));
         assert_eq!(session_setting("SET LOCAL x = 1"), None);
-        assert_eq!(session_setting("set transaction isolation level serializable"), None);
+        assert_eq!(
+            session_setting("set transaction isolation level serializable"),
+            None
+        );
         assert_eq!(session_setting("select 1"), None);
     }
 }

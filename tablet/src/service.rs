@@ -5,14 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
-use tessera_proto::tablet::tablet_server::{Tablet as TabletRpc, TabletServer};
 use tessera_consensus::{LogPosition, Refusal, Term};
 use tessera_proto::rules;
+use tessera_proto::tablet::tablet_server::{Tablet as TabletRpc, TabletServer};
 use tessera_proto::tablet::{
-    LogSummary, recruit_response,
-    CatchUpRequest, DelegateRequest, DelegateResponse, DrainRequest, DrainResponse, EstablishRequest,
-    PositionResponse, PromoteRequest, RecruitRequest, RecruitResponse, RepointRequest, RepointResponse,
-    StatusRequest, TabletStatus, WatchStatusRequest,
+    CatchUpRequest, DelegateRequest, DelegateResponse, DrainRequest, DrainResponse,
+    EstablishRequest, LogSummary, PositionResponse, PromoteRequest, RecruitRequest,
+    RecruitResponse, RepointRequest, RepointResponse, StatusRequest, TabletStatus,
+    WatchStatusRequest, recruit_response,
 };
 use tonic::{Request, Response, Status};
 
@@ -36,7 +36,10 @@ type StatusStream = Pin<Box<dyn Stream<Item = Result<TabletStatus, Status>> + Se
 
 #[tonic::async_trait]
 impl TabletRpc for TabletService {
-    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<TabletStatus>, Status> {
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<TabletStatus>, Status> {
         Ok(Response::new(self.tablet.status()))
     }
 
@@ -58,13 +61,22 @@ impl TabletRpc for TabletService {
                 if sender.send(Ok(tablet.status())).await.is_err() {
                     return;
                 }
-                let _ = tokio::time::timeout(Duration::from_millis(u64::from(interval_ms)), changes.changed()).await;
+                let _ = tokio::time::timeout(
+                    Duration::from_millis(u64::from(interval_ms)),
+                    changes.changed(),
+                )
+                .await;
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )))
     }
 
-    async fn recruit(&self, request: Request<RecruitRequest>) -> Result<Response<RecruitResponse>, Status> {
+    async fn recruit(
+        &self,
+        request: Request<RecruitRequest>,
+    ) -> Result<Response<RecruitResponse>, Status> {
         let stamp = Stamp::try_from(request.get_ref().stamp.as_ref()).map_err(to_status)?;
         let node = self.tablet.id().to_string();
         let tablet = self.tablet.clone();
@@ -75,40 +87,60 @@ impl TabletRpc for TabletService {
                     last_term: summary.last.term.0,
                     lsn: summary.last.index,
                     ruleset: summary.ruleset.as_ref().map(|r| rules::to_wire(r, "")),
-                    pending: summary.pending.iter().map(|r| rules::to_wire(r, "")).collect(),
+                    pending: summary
+                        .pending
+                        .iter()
+                        .map(|r| rules::to_wire(r, ""))
+                        .collect(),
                 })),
             })),
             Err(ConsensusError::Refused(refusal)) => Ok(Response::new(RecruitResponse {
                 node,
-                outcome: Some(recruit_response::Outcome::Refusal(refusal_to_wire(&refusal))),
+                outcome: Some(recruit_response::Outcome::Refusal(refusal_to_wire(
+                    &refusal,
+                ))),
             })),
             Err(error) => Err(to_status(error)),
         }
     }
 
-    async fn catch_up(&self, request: Request<CatchUpRequest>) -> Result<Response<PositionResponse>, Status> {
+    async fn catch_up(
+        &self,
+        request: Request<CatchUpRequest>,
+    ) -> Result<Response<PositionResponse>, Status> {
         let request = request.into_inner();
         let stamp = Stamp::try_from(request.stamp.as_ref()).map_err(to_status)?;
-        let (source_id, source) = peer_source(&self.tablet, request.source.as_ref()).map_err(to_status)?;
+        let (source_id, source) =
+            peer_source(&self.tablet, request.source.as_ref()).map_err(to_status)?;
         let up_to = LogPosition::new(Term(request.up_to_term), request.up_to_lsn);
         let tablet = self.tablet.clone();
-        let position = detached(async move { tablet.catch_up(&stamp, &source_id, &source, up_to).await })
+        let position =
+            detached(async move { tablet.catch_up(&stamp, &source_id, &source, up_to).await })
+                .await
+                .map_err(to_status)?;
+        Ok(Response::new(position_response(position)))
+    }
+
+    async fn promote(
+        &self,
+        request: Request<PromoteRequest>,
+    ) -> Result<Response<PositionResponse>, Status> {
+        let stamp = Stamp::try_from(request.get_ref().stamp.as_ref()).map_err(to_status)?;
+        let tablet = self.tablet.clone();
+        let position = detached(async move { tablet.promote(&stamp).await })
             .await
             .map_err(to_status)?;
         Ok(Response::new(position_response(position)))
     }
 
-    async fn promote(&self, request: Request<PromoteRequest>) -> Result<Response<PositionResponse>, Status> {
-        let stamp = Stamp::try_from(request.get_ref().stamp.as_ref()).map_err(to_status)?;
-        let tablet = self.tablet.clone();
-        let position = detached(async move { tablet.promote(&stamp).await }).await.map_err(to_status)?;
-        Ok(Response::new(position_response(position)))
-    }
-
-    async fn repoint(&self, request: Request<RepointRequest>) -> Result<Response<RepointResponse>, Status> {
+    async fn repoint(
+        &self,
+        request: Request<RepointRequest>,
+    ) -> Result<Response<RepointResponse>, Status> {
         let request = request.into_inner();
         let stamp = Stamp::try_from(request.stamp.as_ref()).map_err(to_status)?;
-        let (primary_id, source) = peer_source(&self.tablet, request.primary.as_ref()).map_err(to_status)?;
+        let (primary_id, source) =
+            peer_source(&self.tablet, request.primary.as_ref()).map_err(to_status)?;
         let tablet = self.tablet.clone();
         let response = detached(async move { tablet.repoint(&stamp, &primary_id, &source).await })
             .await
@@ -116,7 +148,10 @@ impl TabletRpc for TabletService {
         Ok(Response::new(response))
     }
 
-    async fn establish(&self, request: Request<EstablishRequest>) -> Result<Response<PositionResponse>, Status> {
+    async fn establish(
+        &self,
+        request: Request<EstablishRequest>,
+    ) -> Result<Response<PositionResponse>, Status> {
         let request = request.into_inner();
         let stamp = Stamp::try_from(request.stamp.as_ref()).map_err(to_status)?;
         let tablet = self.tablet.clone();
@@ -126,14 +161,22 @@ impl TabletRpc for TabletService {
         Ok(Response::new(position_response(position)))
     }
 
-    async fn delegate(&self, request: Request<DelegateRequest>) -> Result<Response<DelegateResponse>, Status> {
+    async fn delegate(
+        &self,
+        request: Request<DelegateRequest>,
+    ) -> Result<Response<DelegateResponse>, Status> {
         let stamp = Stamp::try_from(request.get_ref().stamp.as_ref()).map_err(to_status)?;
         let tablet = self.tablet.clone();
-        detached(async move { tablet.delegate(&stamp).await }).await.map_err(to_status)?;
+        detached(async move { tablet.delegate(&stamp).await })
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(DelegateResponse {}))
     }
 
-    async fn drain(&self, request: Request<DrainRequest>) -> Result<Response<DrainResponse>, Status> {
+    async fn drain(
+        &self,
+        request: Request<DrainRequest>,
+    ) -> Result<Response<DrainResponse>, Status> {
         let timeout_ms = request.get_ref().timeout_ms.clamp(0, 30_000);
         let remaining = self
             .tablet
@@ -150,7 +193,9 @@ async fn detached<T: Send + 'static>(
 ) -> Result<T, ConsensusError> {
     match tokio::spawn(operation).await {
         Ok(result) => result,
-        Err(error) => Err(ConsensusError::Query(format!("consensus operation failed: {error}"))),
+        Err(error) => Err(ConsensusError::Query(format!(
+            "consensus operation failed: {error}"
+        ))),
     }
 }
 
@@ -183,7 +228,9 @@ fn refusal_to_wire(refusal: &Refusal) -> tessera_proto::tablet::Refusal {
 /// (retry later) — each with a message that names the tablet's term.
 fn to_status(error: ConsensusError) -> Status {
     match &error {
-        ConsensusError::Refused(_) | ConsensusError::Precondition(_) => Status::failed_precondition(error.to_string()),
+        ConsensusError::Refused(_) | ConsensusError::Precondition(_) => {
+            Status::failed_precondition(error.to_string())
+        }
         ConsensusError::Superseded { .. } => Status::aborted(error.to_string()),
         ConsensusError::Invalid(_) => Status::invalid_argument(error.to_string()),
         ConsensusError::Timeout(..) => Status::deadline_exceeded(error.to_string()),

@@ -157,7 +157,8 @@ impl Tablet {
         }
         // Serve without consensus only as the bootstrap primary of a shard no term was ever
         // established for; otherwise wait to be delegated.
-        let bootstrap_primary = !is_standby && consensus.term() == 0 && config.initial_role == InitialRole::Primary;
+        let bootstrap_primary =
+            !is_standby && consensus.term() == 0 && config.initial_role == InitialRole::Primary;
         let pool = Pool::new(PoolConfig {
             name: config.id.clone(),
             connect: ConnectConfig {
@@ -170,14 +171,23 @@ impl Tablet {
                 user: config.postgres.superuser.clone(),
                 password: config.postgres.password.clone(),
                 database: config.keyspace.clone(),
-                params: vec![("application_name".into(), format!("tessera-pooler-{}", config.id))],
+                params: vec![(
+                    "application_name".into(),
+                    format!("tessera-pooler-{}", config.id),
+                )],
                 connect_timeout_ms: config.acquire_timeout_ms,
             },
             max_size: config.pool_size,
             acquire_timeout_ms: config.acquire_timeout_ms,
         });
         let (changes, _) = watch::channel(0);
-        let role = if is_standby { Role::Replica } else if bootstrap_primary { Role::Primary } else { Role::Starting };
+        let role = if is_standby {
+            Role::Replica
+        } else if bootstrap_primary {
+            Role::Primary
+        } else {
+            Role::Starting
+        };
         let tablet = Arc::new(Tablet {
             verifier: Verifier::from_password(&config.postgres.password),
             state: RwLock::new(State {
@@ -410,7 +420,10 @@ impl Tablet {
         };
         let lsn: Option<String> = row.get(1);
         let lsn = lsn.unwrap_or_default();
-        let lsn_value = lsn.parse::<crate::postgres::Lsn>().map(|l| l.as_u64()).unwrap_or(0);
+        let lsn_value = lsn
+            .parse::<crate::postgres::Lsn>()
+            .map(|l| l.as_u64())
+            .unwrap_or(0);
         Some(Health {
             healthy: true,
             in_recovery: row.get(0),
@@ -425,7 +438,11 @@ impl Tablet {
     }
 
     /// Resumes serving after a drain unless a new term arrived meanwhile (switchover aborted).
-    pub(crate) fn resume_after_drain(self: &Arc<Self>, term: u64, after: Duration) -> impl std::future::Future<Output = ()> + Send + 'static {
+    pub(crate) fn resume_after_drain(
+        self: &Arc<Self>,
+        term: u64,
+        after: Duration,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let tablet = self.clone();
         async move {
             tokio::time::sleep(after).await;
@@ -470,7 +487,11 @@ impl Tablet {
                         // coordinators re-establish leadership.
                         self.set_serving(
                             was_bootstrap_primary,
-                            if was_bootstrap_primary { String::new() } else { "restarted; waiting for a coordinator".into() },
+                            if was_bootstrap_primary {
+                                String::new()
+                            } else {
+                                "restarted; waiting for a coordinator".into()
+                            },
                         );
                         break;
                     }
