@@ -93,8 +93,16 @@ fn build_policy(shape: &PolicyShape, size: usize) -> Option<PolicySpec> {
 
 /// What the policy means, written independently of the compiler: does `leader` with
 /// acknowledgements from `acknowledged` satisfy it?
-fn oracle(policy: &PolicySpec, cohort: &Cohort, leader: &NodeId, acknowledged: &BTreeSet<NodeId>) -> bool {
-    let mut holders: BTreeSet<&NodeId> = acknowledged.iter().filter(|node| cohort.contains(node)).collect();
+fn oracle(
+    policy: &PolicySpec,
+    cohort: &Cohort,
+    leader: &NodeId,
+    acknowledged: &BTreeSet<NodeId>,
+) -> bool {
+    let mut holders: BTreeSet<&NodeId> = acknowledged
+        .iter()
+        .filter(|node| cohort.contains(node))
+        .collect();
     holders.insert(leader);
     match policy {
         PolicySpec::AtLeastN(AtLeastN(count)) => holders.len() >= *count,

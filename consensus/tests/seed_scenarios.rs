@@ -184,7 +184,10 @@ fn n1_leads_term_5(scenario: &mut Scenario) {
     });
     scenario.run(|_| true);
     let leading = scenario.cluster.nodes[n1 as usize].leader.as_ref();
-    assert!(leading.is_some_and(|leading| leading.serving), "N1 leads term 5");
+    assert!(
+        leading.is_some_and(|leading| leading.serving),
+        "N1 leads term 5"
+    );
 }
 
 /// Client requests on N1; only replication to `to` (and acks back) get through.
@@ -222,7 +225,11 @@ fn attempt(scenario: &mut Scenario, attempt: Attempt<'_>) {
         term: attempt.term,
         new_ruleset: None,
     });
-    let reach: BTreeSet<u8> = attempt.reach.iter().map(|name| scenario.index(name)).collect();
+    let reach: BTreeSet<u8> = attempt
+        .reach
+        .iter()
+        .map(|name| scenario.index(name))
+        .collect();
     let replicate_to: BTreeSet<u8> = attempt
         .replicate_to
         .iter()
@@ -233,13 +240,17 @@ fn attempt(scenario: &mut Scenario, attempt: Attempt<'_>) {
         Msg::Replicate { to, term, .. } => *term == attempt.term && replicate_to.contains(to),
         Msg::Ack { term, .. } => *term == attempt.term && attempt.acks,
         Msg::Observe { .. } => false,
-        Msg::Established { coordinator: to, .. } | Msg::Delegate { coordinator: to, .. } => {
-            *to == coordinator && attempt.finish
+        Msg::Established {
+            coordinator: to, ..
         }
+        | Msg::Delegate {
+            coordinator: to, ..
+        } => *to == coordinator && attempt.finish,
         other => {
             let node_end = other.to_node().or_else(|| other.sender().ok());
             let coordinator_end = other.to_coordinator().or_else(|| other.sender().err());
-            coordinator_end == Some(coordinator) && node_end.is_some_and(|node| reach.contains(&node))
+            coordinator_end == Some(coordinator)
+                && node_end.is_some_and(|node| reach.contains(&node))
         }
     });
 }
@@ -271,7 +282,13 @@ fn discovery_honours_exactly_what_the_recruited_nodes_can_vouch_for() {
         requests_on_n1(&mut scenario, 1, &[]);
         assert_eq!(
             scenario.entries("N1"),
-            vec![establish(5), request(5, A), request(5, B), request(5, C), request(5, D)]
+            vec![
+                establish(5),
+                request(5, A),
+                request(5, B),
+                request(5, C),
+                request(5, D)
+            ]
         );
         assert_eq!(
             scenario.entries("N2"),
@@ -300,10 +317,23 @@ fn discovery_honours_exactly_what_the_recruited_nodes_can_vouch_for() {
             .expect("decided");
         assert_eq!(plan.candidate, node("N4"));
         assert_eq!(plan.source, node(recruited_from_n1_side));
-        assert_eq!(&scenario.entries("N4"), expected, "recruiting {recruited_from_n1_side}");
-        let leading = scenario.cluster.nodes[scenario.index("N4") as usize].leader.as_ref();
-        assert!(leading.is_some_and(|leading| leading.serving), "N4 leads term 6");
-        assert!(!scenario.cluster.ghost.violations.any(), "{:?}", scenario.cluster.ghost.violations);
+        assert_eq!(
+            &scenario.entries("N4"),
+            expected,
+            "recruiting {recruited_from_n1_side}"
+        );
+        let leading = scenario.cluster.nodes[scenario.index("N4") as usize]
+            .leader
+            .as_ref();
+        assert!(
+            leading.is_some_and(|leading| leading.serving),
+            "N4 leads term 6"
+        );
+        assert!(
+            !scenario.cluster.ghost.violations.any(),
+            "{:?}",
+            scenario.cluster.ghost.violations
+        );
     }
 }
 
@@ -420,9 +450,17 @@ fn three_coordinator_race_c9_chooses_the_newest_term_not_the_longest_log() {
         establish(8),
         establish(9),
     ];
-    assert_eq!(scenario.entries("N1"), expected, "C, D, E and E7 are discarded");
+    assert_eq!(
+        scenario.entries("N1"),
+        expected,
+        "C, D, E and E7 are discarded"
+    );
     assert_eq!(scenario.entries("N2"), expected);
-    assert!(!scenario.cluster.ghost.violations.any(), "{:?}", scenario.cluster.ghost.violations);
+    assert!(
+        !scenario.cluster.ghost.violations.any(),
+        "{:?}",
+        scenario.cluster.ghost.violations
+    );
 }
 
 #[test]
@@ -439,7 +477,11 @@ fn three_coordinator_race_with_longest_log_discovery_loses_a_durable_entry() {
         .as_ref()
         .and_then(|change| change.plan().cloned())
         .expect("C9 decided");
-    assert_eq!(plan.timeline, LogPosition::new(Term(7), 7), "the longest log");
+    assert_eq!(
+        plan.timeline,
+        LogPosition::new(Term(7), 7),
+        "the longest log"
+    );
     assert!(
         scenario.cluster.ghost.violations.applied_diverged,
         "the durable E8 was overwritten: {:?}",
@@ -453,7 +495,10 @@ fn ruleset_change_from_both_to_either_needs_both_rulesets_while_in_flight() {
     let mut scenario = series_scenario(2);
     n1_leads_term_5(&mut scenario);
     let n1 = scenario.index("N1");
-    scenario.act(common::cluster::Action::ProposeRules { node: n1, ruleset: 1 });
+    scenario.act(common::cluster::Action::ProposeRules {
+        node: n1,
+        ruleset: 1,
+    });
     requests_on_n1(&mut scenario, 0, &["N2"]);
     let committed = |scenario: &Scenario| {
         scenario.cluster.nodes[n1 as usize]
@@ -461,15 +506,29 @@ fn ruleset_change_from_both_to_either_needs_both_rulesets_while_in_flight() {
             .as_ref()
             .map(|leading| leading.leader.committed_ruleset().clone())
     };
-    assert_eq!(committed(&scenario), Some(series_ruleset()), "N2 alone is not enough");
+    assert_eq!(
+        committed(&scenario),
+        Some(series_ruleset()),
+        "N2 alone is not enough"
+    );
     let out = scenario.cluster.heartbeat(&scenario.config, n1);
     scenario.queue.extend(out);
     requests_on_n1(&mut scenario, 0, &["N3"]);
-    assert_eq!(committed(&scenario), Some(series_ruleset_relaxed()), "committed with N3");
+    assert_eq!(
+        committed(&scenario),
+        Some(series_ruleset_relaxed()),
+        "committed with N3"
+    );
     requests_on_n1(&mut scenario, 1, &["N2"]);
     assert_eq!(
         scenario.cluster.ghost.acknowledged,
-        vec![(3, Entry { term: 5, payload: Payload::Request(A) })],
+        vec![(
+            3,
+            Entry {
+                term: 5,
+                payload: Payload::Request(A)
+            }
+        )],
         "under the new ruleset N2's ack alone makes a request durable"
     );
 }
@@ -480,7 +539,10 @@ fn coordinator_with_the_old_ruleset_must_still_revoke_under_the_new_one() {
     let mut scenario = series_scenario(2);
     n1_leads_term_5(&mut scenario);
     let n1 = scenario.index("N1");
-    scenario.act(common::cluster::Action::ProposeRules { node: n1, ruleset: 1 });
+    scenario.act(common::cluster::Action::ProposeRules {
+        node: n1,
+        ruleset: 1,
+    });
     requests_on_n1(&mut scenario, 0, &["N2", "N3"]);
     // Request A is acknowledged with N2's ack only, as the new ruleset allows.
     requests_on_n1(&mut scenario, 1, &["N2"]);
@@ -496,7 +558,10 @@ fn coordinator_with_the_old_ruleset_must_still_revoke_under_the_new_one() {
     });
     let (n2, reach): (u8, BTreeSet<u8>) = (
         scenario.index("N2"),
-        ["N3", "N4", "N5"].iter().map(|name| scenario.index(name)).collect(),
+        ["N3", "N4", "N5"]
+            .iter()
+            .map(|name| scenario.index(name))
+            .collect(),
     );
     let mut held = Vec::new();
     while let Some(message) = scenario.queue.pop_front() {
@@ -509,7 +574,10 @@ fn coordinator_with_the_old_ruleset_must_still_revoke_under_the_new_one() {
             _ => {}
         }
     }
-    let change = scenario.cluster.coordinators[1].change.as_ref().expect("started");
+    let change = scenario.cluster.coordinators[1]
+        .change
+        .as_ref()
+        .expect("started");
     assert_eq!(
         change.revocation(),
         vec![Unrevoked {
@@ -522,13 +590,23 @@ fn coordinator_with_the_old_ruleset_must_still_revoke_under_the_new_one() {
     // Once N2 answers, N1 is revoked under both rulesets and N4 takes over with request A.
     scenario.queue.extend(held);
     scenario.run(|message| {
-        !matches!(message, Msg::Replicate { from, .. } if *from == n1) && !matches!(message, Msg::Ack { to, .. } if *to == n1)
+        !matches!(message, Msg::Replicate { from, .. } if *from == n1)
+            && !matches!(message, Msg::Ack { to, .. } if *to == n1)
     });
     let n4 = scenario.index("N4");
     let leading = scenario.cluster.nodes[n4 as usize].leader.as_ref();
-    assert!(leading.is_some_and(|leading| leading.serving && leading.agent == AgentRef::Coordinator(1)));
-    assert!(scenario.log("N4").contains(&Entry { term: 5, payload: Payload::Request(A) }));
-    assert!(!scenario.cluster.ghost.violations.any(), "{:?}", scenario.cluster.ghost.violations);
+    assert!(
+        leading.is_some_and(|leading| leading.serving && leading.agent == AgentRef::Coordinator(1))
+    );
+    assert!(scenario.log("N4").contains(&Entry {
+        term: 5,
+        payload: Payload::Request(A)
+    }));
+    assert!(
+        !scenario.cluster.ghost.violations.any(),
+        "{:?}",
+        scenario.cluster.ghost.violations
+    );
 }
 
 #[test]
@@ -555,7 +633,11 @@ fn coordinator_driven_change_establishes_under_both_rulesets() {
             _ => scenario.act(common::cluster::Action::Deliver(message)),
         }
     }
-    assert_eq!(establish_rules, Some(vec![0, 1]), "both rulesets are required");
+    assert_eq!(
+        establish_rules,
+        Some(vec![0, 1]),
+        "both rulesets are required"
+    );
     let n1 = scenario.index("N1");
     let leader = |scenario: &Scenario| {
         scenario.cluster.nodes[n1 as usize]
@@ -563,7 +645,11 @@ fn coordinator_driven_change_establishes_under_both_rulesets() {
             .as_ref()
             .map(|leading| (leading.leader.term(), leading.leader.is_established()))
     };
-    assert_eq!(leader(&scenario), Some((Term(6), false)), "N2 alone does not establish");
+    assert_eq!(
+        leader(&scenario),
+        Some((Term(6), false)),
+        "N2 alone does not establish"
+    );
     scenario.queue.extend(held);
     scenario.run(|_| true);
     assert_eq!(leader(&scenario), Some((Term(6), true)));
@@ -572,5 +658,9 @@ fn coordinator_driven_change_establishes_under_both_rulesets() {
         .as_ref()
         .map(|leading| leading.leader.committed_ruleset().clone());
     assert_eq!(committed, Some(series_ruleset_relaxed()));
-    assert!(!scenario.cluster.ghost.violations.any(), "{:?}", scenario.cluster.ghost.violations);
+    assert!(
+        !scenario.cluster.ghost.violations.any(),
+        "{:?}",
+        scenario.cluster.ghost.violations
+    );
 }

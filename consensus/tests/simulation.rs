@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Instant;
 
-use common::simulator::{failure_report, run_seed, SimulationOptions, SEED_VARIABLE};
+use common::simulator::{SEED_VARIABLE, SimulationOptions, failure_report, run_seed};
 
 /// Seeds CI runs.
 const CI_SEEDS: u64 = 500;
@@ -22,7 +22,11 @@ fn run_many(seeds: std::ops::Range<u64>) {
     let (mut handoffs, mut observed) = (0usize, 0usize);
     for seed in seeds {
         let outcome = run_seed(seed, SimulationOptions::default());
-        assert!(outcome.violations.is_empty(), "{}", failure_report(&outcome));
+        assert!(
+            outcome.violations.is_empty(),
+            "{}",
+            failure_report(&outcome)
+        );
         acknowledged += outcome.acknowledged;
         terms += outcome.terms_completed;
         changes += outcome.rule_changes_committed;
@@ -40,10 +44,22 @@ fn run_many(seeds: std::ops::Range<u64>) {
     );
     // The invariants only mean something if the runs do real work: most seeds must elect
     // several leaders, acknowledge requests and change rules.
-    assert!(idle * 10 <= count as usize, "{idle} of {count} seeds acknowledged nothing");
-    assert!(terms >= 3 * count as usize, "only {terms} terms completed over {count} seeds");
-    assert!(changes >= count as usize / 10, "only {changes} ruleset changes committed");
-    assert!(handoffs >= count as usize / 10, "only {handoffs} planned hand-offs");
+    assert!(
+        idle * 10 <= count as usize,
+        "{idle} of {count} seeds acknowledged nothing"
+    );
+    assert!(
+        terms >= 3 * count as usize,
+        "only {terms} terms completed over {count} seeds"
+    );
+    assert!(
+        changes >= count as usize / 10,
+        "only {changes} ruleset changes committed"
+    );
+    assert!(
+        handoffs >= count as usize / 10,
+        "only {handoffs} planned hand-offs"
+    );
 }
 
 #[test]
@@ -55,13 +71,20 @@ fn five_hundred_seeds_keep_every_invariant() {
 #[test]
 fn replay() {
     // Goal: re-run the seed named by TESSERA_SIM_SEED with its event trace (no-op when unset).
-    let Some(seed) = std::env::var(SEED_VARIABLE).ok().and_then(|seed| seed.parse::<u64>().ok()) else {
+    let Some(seed) = std::env::var(SEED_VARIABLE)
+        .ok()
+        .and_then(|seed| seed.parse::<u64>().ok())
+    else {
         return;
     };
     let simulation = common::simulator::Simulation::new(seed, SimulationOptions::default());
     println!("{}", simulation.debug_run());
     let outcome = run_seed(seed, SimulationOptions::default());
-    assert!(outcome.violations.is_empty(), "{}", failure_report(&outcome));
+    assert!(
+        outcome.violations.is_empty(),
+        "{}",
+        failure_report(&outcome)
+    );
 }
 
 #[test]

@@ -68,35 +68,110 @@ pub enum AgentRef {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Msg {
     /// Coordinator -> node.
-    Recruit { to: NodeIndex, coordinator: u8, term: u8 },
+    Recruit {
+        to: NodeIndex,
+        coordinator: u8,
+        term: u8,
+    },
     /// Node -> coordinator; carries the log so a later CatchUp can ship it.
-    Recruited { coordinator: u8, from: NodeIndex, term: u8, log: Vec<Entry>, commit: Position },
+    Recruited {
+        coordinator: u8,
+        from: NodeIndex,
+        term: u8,
+        log: Vec<Entry>,
+        commit: Position,
+    },
     /// Node -> coordinator.
-    Refused { coordinator: u8, from: NodeIndex, known_term: u8, taken: bool },
+    Refused {
+        coordinator: u8,
+        from: NodeIndex,
+        known_term: u8,
+        taken: bool,
+    },
     /// Coordinator -> candidate: adopt this timeline.
-    CatchUp { to: NodeIndex, coordinator: u8, term: u8, log: Vec<Entry> },
+    CatchUp {
+        to: NodeIndex,
+        coordinator: u8,
+        term: u8,
+        log: Vec<Entry>,
+    },
     /// Candidate -> coordinator.
-    CaughtUp { coordinator: u8, from: NodeIndex, term: u8, last: (u8, Position) },
+    CaughtUp {
+        coordinator: u8,
+        from: NodeIndex,
+        term: u8,
+        last: (u8, Position),
+    },
     /// Coordinator -> candidate.
-    Promote { to: NodeIndex, coordinator: u8, term: u8 },
+    Promote {
+        to: NodeIndex,
+        coordinator: u8,
+        term: u8,
+    },
     /// Candidate -> coordinator.
-    Promoted { coordinator: u8, from: NodeIndex, term: u8 },
+    Promoted {
+        coordinator: u8,
+        from: NodeIndex,
+        term: u8,
+    },
     /// Coordinator -> candidate.
-    Establish { to: NodeIndex, coordinator: u8, term: u8, rules: Vec<RulesetId> },
+    Establish {
+        to: NodeIndex,
+        coordinator: u8,
+        term: u8,
+        rules: Vec<RulesetId>,
+    },
     /// Candidate -> coordinator.
-    Established { coordinator: u8, from: NodeIndex, term: u8, position: Position },
+    Established {
+        coordinator: u8,
+        from: NodeIndex,
+        term: u8,
+        position: Position,
+    },
     /// Coordinator -> candidate.
-    Delegate { to: NodeIndex, coordinator: u8, term: u8 },
+    Delegate {
+        to: NodeIndex,
+        coordinator: u8,
+        term: u8,
+    },
     /// Coordinator -> candidate, pipelined: catch up to `log` (if any), promote, establish.
-    Takeover { to: NodeIndex, coordinator: u8, term: u8, log: Option<Vec<Entry>>, rules: Vec<RulesetId> },
+    Takeover {
+        to: NodeIndex,
+        coordinator: u8,
+        term: u8,
+        log: Option<Vec<Entry>>,
+        rules: Vec<RulesetId>,
+    },
     /// Leader -> follower: the leader's whole log and what it has applied.
-    Replicate { to: NodeIndex, from: NodeIndex, term: u8, agent: AgentRef, log: Vec<Entry>, commit: Position },
+    Replicate {
+        to: NodeIndex,
+        from: NodeIndex,
+        term: u8,
+        agent: AgentRef,
+        log: Vec<Entry>,
+        commit: Position,
+    },
     /// Follower -> leader: flushed the leader's log up to `len`.
-    Ack { to: NodeIndex, from: NodeIndex, term: u8, len: Position },
+    Ack {
+        to: NodeIndex,
+        from: NodeIndex,
+        term: u8,
+        len: Position,
+    },
     /// Leader -> observer: applied entries only.
-    Observe { to: NodeIndex, from: NodeIndex, log: Vec<Entry> },
+    Observe {
+        to: NodeIndex,
+        from: NodeIndex,
+        log: Vec<Entry>,
+    },
     /// Old leader -> candidate: establish the next term (planned hand-off).
-    Handoff { to: NodeIndex, from: NodeIndex, term: u8, rules: Vec<RulesetId>, up_to: Position },
+    Handoff {
+        to: NodeIndex,
+        from: NodeIndex,
+        term: u8,
+        rules: Vec<RulesetId>,
+        up_to: Position,
+    },
 }
 
 impl Msg {
@@ -251,7 +326,12 @@ impl Config {
 
     /// A configuration with the given nodes and rulesets and L2-style behaviour (separate
     /// flushes, refusals, pushed replication, one message per command, no faults).
-    pub fn new(names: Vec<NodeId>, observers: Vec<NodeIndex>, rulesets: Vec<Ruleset>, coordinators: u8) -> Self {
+    pub fn new(
+        names: Vec<NodeId>,
+        observers: Vec<NodeIndex>,
+        rulesets: Vec<Ruleset>,
+        coordinators: u8,
+    ) -> Self {
         let node_count = names.len() as u8;
         let mut config = Self {
             names,
@@ -274,7 +354,10 @@ impl Config {
                     AgentRef::Coordinator(index) => format!("coordinator-{index}"),
                     AgentRef::Handoff(node) => format!("handoff-{}", config.names[node as usize]),
                 };
-                (agent, AgentId::new(text).expect("generated agent ids are valid"))
+                (
+                    agent,
+                    AgentId::new(text).expect("generated agent ids are valid"),
+                )
             })
             .collect();
         config
@@ -620,8 +703,15 @@ impl Cluster {
         let request = ChangeRequest {
             agent: config.agent_id(AgentRef::Coordinator(index)).clone(),
             term: Term(term as u64),
-            nodes: match config.reach.get(index as usize).filter(|reach| !reach.is_empty()) {
-                Some(reach) => reach.iter().map(|node| config.names[*node as usize].clone()).collect(),
+            nodes: match config
+                .reach
+                .get(index as usize)
+                .filter(|reach| !reach.is_empty())
+            {
+                Some(reach) => reach
+                    .iter()
+                    .map(|node| config.names[*node as usize].clone())
+                    .collect(),
                 None => config
                     .cohort_nodes()
                     .map(|node| config.names[node as usize].clone())
@@ -659,7 +749,12 @@ impl Cluster {
     }
 
     /// The serving leader on `node` proposes a switch to ruleset `ruleset`.
-    pub fn propose_rules(&mut self, config: &Config, node: NodeIndex, ruleset: RulesetId) -> Vec<Msg> {
+    pub fn propose_rules(
+        &mut self,
+        config: &Config,
+        node: NodeIndex,
+        ruleset: RulesetId,
+    ) -> Vec<Msg> {
         let model = &mut self.nodes[node as usize];
         let Some(leading) = model.leader.as_mut().filter(|leading| leading.serving) else {
             return Vec::new();
@@ -679,7 +774,12 @@ impl Cluster {
     }
 
     /// The serving leader on `node` starts a planned hand-off to `candidate`.
-    pub fn begin_handoff(&mut self, config: &Config, node: NodeIndex, candidate: NodeIndex) -> Vec<Msg> {
+    pub fn begin_handoff(
+        &mut self,
+        config: &Config,
+        node: NodeIndex,
+        candidate: NodeIndex,
+    ) -> Vec<Msg> {
         let Some(leading) = self.nodes[node as usize]
             .leader
             .as_mut()
@@ -756,7 +856,14 @@ impl Cluster {
 
     /// Admits a message stamped (term, agent) on `node`. `Ok(true)`: act now. `Ok(false)`:
     /// deferred until persisted. `Err(out)`: refused, with the messages to send.
-    fn admit(&mut self, config: &Config, node: NodeIndex, term: u8, agent: AgentRef, message: &Msg) -> Result<bool, Vec<Msg>> {
+    fn admit(
+        &mut self,
+        config: &Config,
+        node: NodeIndex,
+        term: u8,
+        agent: AgentRef,
+        message: &Msg,
+    ) -> Result<bool, Vec<Msg>> {
         let agent_id = config.agent_id(agent);
         let model = &mut self.nodes[node as usize];
         match model.node.admit(Term(term as u64), agent_id) {
@@ -770,7 +877,10 @@ impl Cluster {
                 {
                     model.leader = None;
                 }
-                if model.promoted.is_some_and(|promoted| (promoted as u64) < next.term.0) {
+                if model
+                    .promoted
+                    .is_some_and(|promoted| (promoted as u64) < next.term.0)
+                {
                     model.promoted = None;
                 }
                 if config.immediate_persistence {
@@ -788,7 +898,8 @@ impl Cluster {
             Err(refusal) => {
                 let mut out = Vec::new();
                 if config.send_refusals
-                    && let (Msg::Recruit { coordinator, .. }, AgentRef::Coordinator(_)) = (message, agent)
+                    && let (Msg::Recruit { coordinator, .. }, AgentRef::Coordinator(_)) =
+                        (message, agent)
                 {
                     out.push(Msg::Refused {
                         coordinator: *coordinator,
@@ -816,8 +927,18 @@ impl Cluster {
 
     fn deliver_to_node(&mut self, config: &Config, message: &Msg) -> Vec<Msg> {
         match message.clone() {
-            Msg::Recruit { to, coordinator, term } => {
-                match self.admit(config, to, term, AgentRef::Coordinator(coordinator), message) {
+            Msg::Recruit {
+                to,
+                coordinator,
+                term,
+            } => {
+                match self.admit(
+                    config,
+                    to,
+                    term,
+                    AgentRef::Coordinator(coordinator),
+                    message,
+                ) {
                     Ok(true) => {}
                     Ok(false) => return Vec::new(),
                     Err(out) => return out,
@@ -832,8 +953,19 @@ impl Cluster {
                 };
                 self.send_when_flushed(config, to, reply)
             }
-            Msg::CatchUp { to, coordinator, term, log } => {
-                match self.admit(config, to, term, AgentRef::Coordinator(coordinator), message) {
+            Msg::CatchUp {
+                to,
+                coordinator,
+                term,
+                log,
+            } => {
+                match self.admit(
+                    config,
+                    to,
+                    term,
+                    AgentRef::Coordinator(coordinator),
+                    message,
+                ) {
                     Ok(true) => {}
                     Ok(false) => return Vec::new(),
                     Err(out) => return out,
@@ -849,8 +981,18 @@ impl Cluster {
                 };
                 self.send_when_flushed(config, to, reply)
             }
-            Msg::Promote { to, coordinator, term } => {
-                match self.admit(config, to, term, AgentRef::Coordinator(coordinator), message) {
+            Msg::Promote {
+                to,
+                coordinator,
+                term,
+            } => {
+                match self.admit(
+                    config,
+                    to,
+                    term,
+                    AgentRef::Coordinator(coordinator),
+                    message,
+                ) {
                     Ok(true) => {}
                     Ok(false) => return Vec::new(),
                     Err(out) => return out,
@@ -862,7 +1004,12 @@ impl Cluster {
                     term,
                 }]
             }
-            Msg::Establish { to, coordinator, term, rules } => {
+            Msg::Establish {
+                to,
+                coordinator,
+                term,
+                rules,
+            } => {
                 let agent = AgentRef::Coordinator(coordinator);
                 match self.admit(config, to, term, agent, message) {
                     Ok(true) => {}
@@ -875,7 +1022,13 @@ impl Cluster {
                 }
                 self.establish(config, to, term, agent, &rules)
             }
-            Msg::Takeover { to, coordinator, term, log, rules } => {
+            Msg::Takeover {
+                to,
+                coordinator,
+                term,
+                log,
+                rules,
+            } => {
                 let agent = AgentRef::Coordinator(coordinator);
                 match self.admit(config, to, term, agent, message) {
                     Ok(true) => {}
@@ -892,7 +1045,11 @@ impl Cluster {
                 model.promoted = Some(term);
                 self.establish(config, to, term, agent, &rules)
             }
-            Msg::Delegate { to, coordinator, term } => {
+            Msg::Delegate {
+                to,
+                coordinator,
+                term,
+            } => {
                 let agent = AgentRef::Coordinator(coordinator);
                 match self.admit(config, to, term, agent, message) {
                     Ok(true) => {}
@@ -907,7 +1064,13 @@ impl Cluster {
                 }
                 Vec::new()
             }
-            Msg::Handoff { to, from, term, rules, up_to } => {
+            Msg::Handoff {
+                to,
+                from,
+                term,
+                rules,
+                up_to,
+            } => {
                 let agent = AgentRef::Handoff(from);
                 match self.admit(config, to, term, agent, message) {
                     Ok(true) => {}
@@ -920,7 +1083,14 @@ impl Cluster {
                 }
                 self.establish(config, to, term, agent, &rules)
             }
-            Msg::Replicate { to, from, term, agent, log, commit } => {
+            Msg::Replicate {
+                to,
+                from,
+                term,
+                agent,
+                log,
+                commit,
+            } => {
                 if config.is_observer(to) {
                     return Vec::new();
                 }
@@ -957,9 +1127,12 @@ impl Cluster {
                 };
                 self.send_when_flushed(config, to, ack)
             }
-            Msg::Ack { to, from, term, len } => {
-                self.leader_ack(config, to, from, Term(term as u64), len as u64)
-            }
+            Msg::Ack {
+                to,
+                from,
+                term,
+                len,
+            } => self.leader_ack(config, to, from, Term(term as u64), len as u64),
             Msg::Observe { to, log, .. } => {
                 let model = &mut self.nodes[to as usize];
                 if log.len() > model.log.len() && log.starts_with(&model.log) {
@@ -1023,7 +1196,12 @@ impl Cluster {
     }
 
     /// The message shipping the leader's current log on `leader` to `follower`.
-    pub fn replication_message(&self, config: &Config, leader: NodeIndex, follower: NodeIndex) -> Option<Msg> {
+    pub fn replication_message(
+        &self,
+        config: &Config,
+        leader: NodeIndex,
+        follower: NodeIndex,
+    ) -> Option<Msg> {
         let model = &self.nodes[leader as usize];
         let leading = model.leader.as_ref()?;
         if follower == leader {
@@ -1087,7 +1265,14 @@ impl Cluster {
     }
 
     /// The leader on `leader_node` learns that `from` flushed `len` entries in `term`.
-    fn leader_ack(&mut self, config: &Config, leader_node: NodeIndex, from: NodeIndex, term: Term, len: u64) -> Vec<Msg> {
+    fn leader_ack(
+        &mut self,
+        config: &Config,
+        leader_node: NodeIndex,
+        from: NodeIndex,
+        term: Term,
+        len: u64,
+    ) -> Vec<Msg> {
         let model = &mut self.nodes[leader_node as usize];
         let Some(leading) = model.leader.as_mut() else {
             return Vec::new();
@@ -1096,7 +1281,10 @@ impl Cluster {
         // previously committed ruleset plus the changes this ack commits.
         let previous_committed = leading.leader.committed_ruleset().clone();
         let before = leading.leader.durable();
-        let Ok(progress) = leading.leader.on_ack(&config.names[from as usize], term, len) else {
+        let Ok(progress) = leading
+            .leader
+            .on_ack(&config.names[from as usize], term, len)
+        else {
             return Vec::new();
         };
         let Some(durable) = progress.durable else {
@@ -1107,13 +1295,18 @@ impl Cluster {
         for committed in &progress.committed_rulesets {
             rules.push(committed.clone());
         }
-        leading.leader.apply(durable).expect("durable entries can be applied");
+        leading
+            .leader
+            .apply(durable)
+            .expect("durable entries can be applied");
         model.commit = model.commit.max(position(durable));
         let start = before.map_or(0, |before| before as usize);
         let acknowledged: Vec<(Position, Entry)> = model.log[start..durable as usize]
             .iter()
             .enumerate()
-            .filter(|(_, entry)| entry.term == leader_term && matches!(entry.payload, Payload::Request(_)))
+            .filter(|(_, entry)| {
+                entry.term == leader_term && matches!(entry.payload, Payload::Request(_))
+            })
             .map(|(offset, entry)| (position((start + offset + 1) as u64), *entry))
             .collect();
         let log_prefix = model.log[..durable as usize].to_vec();
@@ -1146,9 +1339,23 @@ impl Cluster {
     }
 
     /// Ghost checks at the moment a leader completes entries up to `prefix.len()`.
-    fn record_completion(&mut self, config: &Config, node: NodeIndex, term: u8, rules: &ActiveRules, prefix: &[Entry]) {
-        match self.ghost.completers.iter().find(|(completed, _)| *completed == term) {
-            Some((_, other)) if *other != node => self.ghost.violations.two_leaders_in_a_term = true,
+    fn record_completion(
+        &mut self,
+        config: &Config,
+        node: NodeIndex,
+        term: u8,
+        rules: &ActiveRules,
+        prefix: &[Entry],
+    ) {
+        match self
+            .ghost
+            .completers
+            .iter()
+            .find(|(completed, _)| *completed == term)
+        {
+            Some((_, other)) if *other != node => {
+                self.ghost.violations.two_leaders_in_a_term = true
+            }
             Some(_) => {}
             None => self.ghost.completers.push((term, node)),
         }
@@ -1216,7 +1423,13 @@ impl Cluster {
         };
         let term = small(change.term().0);
         let input = match message.clone() {
-            Msg::Recruited { from, term: answered, log, commit, .. } if answered == term => {
+            Msg::Recruited {
+                from,
+                term: answered,
+                log,
+                commit,
+                ..
+            } if answered == term => {
                 let answer = RecruitAnswer {
                     node: config.names[from as usize].clone(),
                     term: change.term(),
@@ -1226,7 +1439,12 @@ impl Cluster {
                 coordinator.logs.insert(from, log);
                 Input::Recruited(answer)
             }
-            Msg::Refused { from, known_term, taken, .. } => {
+            Msg::Refused {
+                from,
+                known_term,
+                taken,
+                ..
+            } => {
                 coordinator.known_term = coordinator.known_term.max(known_term);
                 let refusal = if taken {
                     Refusal::TermTaken {
@@ -1244,14 +1462,28 @@ impl Cluster {
                     refusal,
                 }
             }
-            Msg::CaughtUp { from, term: answered, last, .. } if answered == term => Input::CaughtUp {
+            Msg::CaughtUp {
+                from,
+                term: answered,
+                last,
+                ..
+            } if answered == term => Input::CaughtUp {
                 node: config.names[from as usize].clone(),
                 position: LogPosition::new(Term(last.0 as u64), last.1 as u64),
             },
-            Msg::Promoted { from, term: answered, .. } if answered == term => Input::Promoted {
+            Msg::Promoted {
+                from,
+                term: answered,
+                ..
+            } if answered == term => Input::Promoted {
                 node: config.names[from as usize].clone(),
             },
-            Msg::Established { from, term: answered, position, .. } if answered == term => Input::Established {
+            Msg::Established {
+                from,
+                term: answered,
+                position,
+                ..
+            } if answered == term => Input::Established {
                 node: config.names[from as usize].clone(),
                 position: position as u64,
             },
@@ -1288,8 +1520,18 @@ impl Cluster {
                     coordinator: index,
                     term: small(term.0),
                 }),
-                Command::CatchUp { candidate, source, up_to, term, .. } => {
-                    let log = coordinator.logs.get(&config.index_of(&source)).cloned().unwrap_or_default();
+                Command::CatchUp {
+                    candidate,
+                    source,
+                    up_to,
+                    term,
+                    ..
+                } => {
+                    let log = coordinator
+                        .logs
+                        .get(&config.index_of(&source))
+                        .cloned()
+                        .unwrap_or_default();
                     debug_assert_eq!(last_position(&log), up_to);
                     out.push(Msg::CatchUp {
                         to: config.index_of(&candidate),
@@ -1298,7 +1540,9 @@ impl Cluster {
                         log,
                     });
                 }
-                Command::Promote { candidate, term, .. } => out.push(Msg::Promote {
+                Command::Promote {
+                    candidate, term, ..
+                } => out.push(Msg::Promote {
                     to: config.index_of(&candidate),
                     coordinator: index,
                     term: small(term.0),
@@ -1306,13 +1550,24 @@ impl Cluster {
                 // The twin's leader pushes its log to every cohort node, which is what
                 // repointing achieves on PostgreSQL.
                 Command::Repoint { .. } => {}
-                Command::Establish { candidate, term, rules, .. } => out.push(Msg::Establish {
+                Command::Establish {
+                    candidate,
+                    term,
+                    rules,
+                    ..
+                } => out.push(Msg::Establish {
                     to: config.index_of(&candidate),
                     coordinator: index,
                     term: small(term.0),
-                    rules: rules.rulesets().iter().map(|ruleset| config.ruleset_id(ruleset)).collect(),
+                    rules: rules
+                        .rulesets()
+                        .iter()
+                        .map(|ruleset| config.ruleset_id(ruleset))
+                        .collect(),
                 }),
-                Command::Delegate { candidate, term, .. } => {
+                Command::Delegate {
+                    candidate, term, ..
+                } => {
                     let candidate = config.index_of(&candidate);
                     coordinator.believed_primary = Some(candidate);
                     out.push(Msg::Delegate {
@@ -1328,7 +1583,12 @@ impl Cluster {
 
     /// L1 execution: CatchUp, Promote and Establish travel as one Takeover message; Delegate
     /// is applied directly.
-    fn execute_pipelined(&mut self, config: &Config, index: u8, commands: Vec<Command>) -> Vec<Msg> {
+    fn execute_pipelined(
+        &mut self,
+        config: &Config,
+        index: u8,
+        commands: Vec<Command>,
+    ) -> Vec<Msg> {
         let coordinator = &mut self.coordinators[index as usize];
         let mut out = Vec::new();
         let mut pending: std::collections::VecDeque<Command> = commands.into();
@@ -1343,10 +1603,18 @@ impl Cluster {
                     coordinator: index,
                     term: small(term.0),
                 }),
-                Command::CatchUp { candidate, source, up_to, .. } => {
+                Command::CatchUp {
+                    candidate,
+                    source,
+                    up_to,
+                    ..
+                } => {
                     catch_up = coordinator.logs.get(&config.index_of(&source)).cloned();
                     let next = change
-                        .step(Input::CaughtUp { node: candidate, position: up_to })
+                        .step(Input::CaughtUp {
+                            node: candidate,
+                            position: up_to,
+                        })
                         .expect("pipelined catch-up follows the plan");
                     pending.extend(next);
                 }
@@ -1357,14 +1625,25 @@ impl Cluster {
                     pending.extend(next);
                 }
                 Command::Repoint { .. } => {}
-                Command::Establish { candidate, term, rules, .. } => out.push(Msg::Takeover {
+                Command::Establish {
+                    candidate,
+                    term,
+                    rules,
+                    ..
+                } => out.push(Msg::Takeover {
                     to: config.index_of(&candidate),
                     coordinator: index,
                     term: small(term.0),
                     log: catch_up.take(),
-                    rules: rules.rulesets().iter().map(|ruleset| config.ruleset_id(ruleset)).collect(),
+                    rules: rules
+                        .rulesets()
+                        .iter()
+                        .map(|ruleset| config.ruleset_id(ruleset))
+                        .collect(),
                 }),
-                Command::Delegate { candidate, term, .. } => {
+                Command::Delegate {
+                    candidate, term, ..
+                } => {
                     let candidate = config.index_of(&candidate);
                     coordinator.believed_primary = Some(candidate);
                     if let Some(leading) = self.nodes[candidate as usize].leader.as_mut()

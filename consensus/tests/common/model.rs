@@ -82,8 +82,17 @@ impl Model for ClusterModel {
             if coordinator.attempts >= self.bounds.attempts_per_coordinator {
                 continue;
             }
-            let choices = self.bounds.terms.get(index).map(Vec::as_slice).unwrap_or(&[]);
-            for term in choices.iter().copied().filter(|term| *term > coordinator.last_term) {
+            let choices = self
+                .bounds
+                .terms
+                .get(index)
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            for term in choices
+                .iter()
+                .copied()
+                .filter(|term| *term > coordinator.last_term)
+            {
                 actions.push(Action::StartChange {
                     coordinator: index as u8,
                     term,
@@ -160,32 +169,43 @@ impl Model for ClusterModel {
 
     fn properties(&self) -> Vec<Property<Self>> {
         let mut properties = vec![
-            Property::always("at most one leader completes requests in a term", |_, state: &ModelState| {
-                !state.cluster.ghost.violations.two_leaders_in_a_term
-            }),
-            Property::always("an acknowledged request is never lost or reordered", |_, state: &ModelState| {
-                !state.cluster.ghost.violations.acknowledged_lost
-            }),
+            Property::always(
+                "at most one leader completes requests in a term",
+                |_, state: &ModelState| !state.cluster.ghost.violations.two_leaders_in_a_term,
+            ),
+            Property::always(
+                "an acknowledged request is never lost or reordered",
+                |_, state: &ModelState| !state.cluster.ghost.violations.acknowledged_lost,
+            ),
             Property::always("applied prefixes never diverge", |_, state: &ModelState| {
                 !state.cluster.ghost.violations.applied_diverged
             }),
             Property::always("terms never decrease", |_, state: &ModelState| {
                 !state.cluster.ghost.violations.term_decreased
             }),
-            Property::always("no completion under a stale ruleset", |_, state: &ModelState| {
-                !state.cluster.ghost.violations.stale_ruleset
-            }),
+            Property::always(
+                "no completion under a stale ruleset",
+                |_, state: &ModelState| !state.cluster.ghost.violations.stale_ruleset,
+            ),
             // Reachability goals: without them the invariants could hold vacuously.
             Property::sometimes("a new term completes requests", |_, state: &ModelState| {
-                state.cluster.ghost.completers.iter().any(|(term, _)| *term > 1)
+                state
+                    .cluster
+                    .ghost
+                    .completers
+                    .iter()
+                    .any(|(term, _)| *term > 1)
             }),
         ];
         if self.bounds.requests > 0 {
-            properties.push(Property::sometimes("a request is acknowledged", |_, state: &ModelState| {
-                !state.cluster.ghost.acknowledged.is_empty()
-            }));
+            properties.push(Property::sometimes(
+                "a request is acknowledged",
+                |_, state: &ModelState| !state.cluster.ghost.acknowledged.is_empty(),
+            ));
         }
-        if !self.bounds.leader_rule_changes.is_empty() || self.bounds.coordinator_rule_change.is_some() {
+        if !self.bounds.leader_rule_changes.is_empty()
+            || self.bounds.coordinator_rule_change.is_some()
+        {
             properties.push(Property::sometimes("a ruleset change commits", |_, state: &ModelState| {
                 state.cluster.ghost.committed.iter().any(|entry| {
                     matches!(entry.payload, Payload::Rules(ruleset) | Payload::Establish(ruleset) if ruleset != 0)
@@ -193,13 +213,17 @@ impl Model for ClusterModel {
             }));
         }
         if self.bounds.handoffs > 0 {
-            properties.push(Property::sometimes("a planned hand-off establishes the next term", |_, state: &ModelState| {
-                state.cluster.nodes.iter().any(|model| {
-                    model.leader.as_ref().is_some_and(|leading| {
-                        matches!(leading.agent, AgentRef::Handoff(_)) && leading.leader.is_established()
+            properties.push(Property::sometimes(
+                "a planned hand-off establishes the next term",
+                |_, state: &ModelState| {
+                    state.cluster.nodes.iter().any(|model| {
+                        model.leader.as_ref().is_some_and(|leading| {
+                            matches!(leading.agent, AgentRef::Handoff(_))
+                                && leading.leader.is_established()
+                        })
                     })
-                })
-            }));
+                },
+            ));
         }
         properties
     }

@@ -72,6 +72,7 @@ impl Scenario {
         let receiver = message.to_node();
         let sender = message.sender().ok();
         receiver.is_some_and(|node| nodes.contains(&node))
-            || (message.to_coordinator().is_some() && sender.is_some_and(|node| nodes.contains(&node)))
+            || (message.to_coordinator().is_some()
+                && sender.is_some_and(|node| nodes.contains(&node)))
     }
 }

@@ -85,10 +85,17 @@ fn describe(time: u64, event: &Event) -> String {
             while let Some(start) = rest.find("log: [") {
                 compact.push_str(&rest[..start]);
                 let after = &rest[start + 6..];
-                let end = after.find("] ").or_else(|| after.find("]")).unwrap_or(after.len());
+                let end = after
+                    .find("] ")
+                    .or_else(|| after.find("]"))
+                    .unwrap_or(after.len());
                 let entries = &after[..end];
                 let count = entries.matches("Entry {").count();
-                let last = entries.rsplit("Entry {").next().unwrap_or("").trim_end_matches([' ', ',', '}']);
+                let last = entries
+                    .rsplit("Entry {")
+                    .next()
+                    .unwrap_or("")
+                    .trim_end_matches([' ', ',', '}']);
                 compact.push_str(&format!("log: <{count} entries, last {{{last}}}>"));
                 rest = &after[(end + 1).min(after.len())..];
             }
@@ -143,7 +150,11 @@ fn random_policy(rng: &mut StdRng, cohort: &Cohort) -> PolicySpec {
             for _ in 0..eligible {
                 let position = rng.random_range(0..candidates.len());
                 let primary = candidates.remove(position);
-                let others: Vec<NodeId> = nodes.iter().filter(|node| **node != primary).cloned().collect();
+                let others: Vec<NodeId> = nodes
+                    .iter()
+                    .filter(|node| **node != primary)
+                    .cloned()
+                    .collect();
                 let group_count = rng.random_range(1..=2usize);
                 let groups = (0..group_count)
                     .map(|_| {
@@ -157,7 +168,9 @@ fn random_policy(rng: &mut StdRng, cohort: &Cohort) -> PolicySpec {
                     .collect();
                 primaries.push((primary, groups));
             }
-            PolicySpec::Explicit(ExplicitGroups::new(primaries).expect("generated groups are valid"))
+            PolicySpec::Explicit(
+                ExplicitGroups::new(primaries).expect("generated groups are valid"),
+            )
         }
     }
 }
@@ -248,7 +261,11 @@ impl Simulation {
             if !self.connected(&message) || self.rng.random_bool(LOSS_PROBABILITY) {
                 continue;
             }
-            let copies = if self.rng.random_bool(DUPLICATE_PROBABILITY) { 2 } else { 1 };
+            let copies = if self.rng.random_bool(DUPLICATE_PROBABILITY) {
+                2
+            } else {
+                1
+            };
             for _ in 0..copies {
                 let delay = self.rng.random_range(1..=12u64);
                 self.network.push(InFlight {
@@ -277,7 +294,10 @@ impl Simulation {
     }
 
     fn formatted_trace(&self) -> Vec<String> {
-        self.trace.iter().map(|(time, event)| describe(*time, event)).collect()
+        self.trace
+            .iter()
+            .map(|(time, event)| describe(*time, event))
+            .collect()
     }
 
     fn serving_leaders(&self) -> Vec<NodeIndex> {
@@ -294,7 +314,9 @@ impl Simulation {
 
     fn leaders(&self) -> Vec<NodeIndex> {
         (0..self.config.names.len() as NodeIndex)
-            .filter(|node| !self.is_down(*node) && self.cluster.nodes[*node as usize].leader.is_some())
+            .filter(|node| {
+                !self.is_down(*node) && self.cluster.nodes[*node as usize].leader.is_some()
+            })
             .collect()
     }
 
@@ -331,16 +353,19 @@ impl Simulation {
     /// is what makes coordinators race with a live leader.
     fn suspects_failure(&mut self, coordinator: u8) -> bool {
         let endpoint = self.config.names.len() + coordinator as usize;
-        let sees_leader = self.serving_leaders().into_iter().any(|node| match &self.partition {
-            None => true,
-            Some(sides) => sides[node as usize] == sides[endpoint],
-        });
+        let sees_leader = self
+            .serving_leaders()
+            .into_iter()
+            .any(|node| match &self.partition {
+                None => true,
+                Some(sides) => sides[node as usize] == sides[endpoint],
+            });
         let since_attempt = self.now - self.attempt_started[coordinator as usize];
-        let attempt_running = self.cluster.coordinators[coordinator as usize].change.is_some()
+        let attempt_running = self.cluster.coordinators[coordinator as usize]
+            .change
+            .is_some()
             && since_attempt < 100;
-        if sees_leader {
-            self.rng.random_bool(0.01)
-        } else if attempt_running {
+        if sees_leader || attempt_running {
             self.rng.random_bool(0.01)
         } else {
             // Jittered: coordinators that notice together rarely start together.
@@ -357,7 +382,8 @@ impl Simulation {
         }
         // The topology is read with lag: sometimes the belief stays stale.
         if self.rng.random_bool(0.5) {
-            self.cluster.coordinators[coordinator as usize].believed_ruleset = self.advertised_ruleset;
+            self.cluster.coordinators[coordinator as usize].believed_ruleset =
+                self.advertised_ruleset;
         }
         let new_ruleset = if self.rng.random_bool(0.1) {
             Some(self.rng.random_range(0..self.config.rulesets.len() as u8))
@@ -372,12 +398,17 @@ impl Simulation {
     }
 
     fn record_advertised_ruleset(&mut self) {
-        let latest = self.cluster.ghost.committed.iter().rev().find_map(|entry| match entry.payload {
-            super::cluster::Payload::Establish(ruleset) | super::cluster::Payload::Rules(ruleset) => {
-                Some(ruleset)
-            }
-            super::cluster::Payload::Request(_) => None,
-        });
+        let latest =
+            self.cluster
+                .ghost
+                .committed
+                .iter()
+                .rev()
+                .find_map(|entry| match entry.payload {
+                    super::cluster::Payload::Establish(ruleset)
+                    | super::cluster::Payload::Rules(ruleset) => Some(ruleset),
+                    super::cluster::Payload::Request(_) => None,
+                });
         if let Some(latest) = latest {
             self.advertised_ruleset = latest;
         }
@@ -440,14 +471,12 @@ impl Simulation {
                 }
             }
             // A partition splits nodes and coordinators in two for a while.
-            815..=818 => {
-                if self.partition.is_none() {
-                    let endpoints = self.config.names.len() + self.config.coordinators as usize;
-                    let sides = (0..endpoints).map(|_| self.rng.random_bool(0.5)).collect();
-                    self.partition = Some(sides);
-                    self.partition_until = self.now + self.rng.random_range(20..150u64);
-                    self.record(Event::Partition(self.partition.clone()));
-                }
+            815..=818 if self.partition.is_none() => {
+                let endpoints = self.config.names.len() + self.config.coordinators as usize;
+                let sides = (0..endpoints).map(|_| self.rng.random_bool(0.5)).collect();
+                self.partition = Some(sides);
+                self.partition_until = self.now + self.rng.random_range(20..150u64);
+                self.record(Event::Partition(self.partition.clone()));
             }
             // The leader proposes a ruleset change.
             819..=828 => {
@@ -476,9 +505,19 @@ impl Simulation {
         let options = SimulationOptions::default();
         let mut starts = 0;
         for _ in 0..options.steps {
-            let before: usize = self.cluster.coordinators.iter().map(|c| c.attempts as usize).sum();
+            let before: usize = self
+                .cluster
+                .coordinators
+                .iter()
+                .map(|c| c.attempts as usize)
+                .sum();
             self.tick(&options);
-            let after: usize = self.cluster.coordinators.iter().map(|c| c.attempts as usize).sum();
+            let after: usize = self
+                .cluster
+                .coordinators
+                .iter()
+                .map(|c| c.attempts as usize)
+                .sum();
             starts += after - before;
             if self.cluster.ghost.violations.any() {
                 break;
@@ -491,10 +530,15 @@ impl Simulation {
                 "node {index} {}: {:?} log={:?} flushed={} commit={} leader={:?} down={}\n",
                 self.config.names[index],
                 node.node.durable(),
-                node.log.iter().map(|e| (e.term, e.payload)).collect::<Vec<_>>(),
+                node.log
+                    .iter()
+                    .map(|e| (e.term, e.payload))
+                    .collect::<Vec<_>>(),
                 node.flushed,
                 node.commit,
-                node.leader.as_ref().map(|l| (l.leader.term(), l.leader.durable(), l.serving)),
+                node.leader
+                    .as_ref()
+                    .map(|l| (l.leader.term(), l.leader.durable(), l.serving)),
                 self.is_down(index as u8)
             );
         }
@@ -505,7 +549,11 @@ impl Simulation {
                 coordinator.last_term,
                 coordinator.known_term,
                 coordinator.change.as_ref().map(|c| c.phase()),
-                coordinator.change.as_ref().map(|c| c.answers().keys().map(|k| k.to_string()).collect::<Vec<_>>()),
+                coordinator.change.as_ref().map(|c| c
+                    .answers()
+                    .keys()
+                    .map(|k| k.to_string())
+                    .collect::<Vec<_>>()),
                 coordinator.change.as_ref().map(|c| c.revocation().len()),
             );
         }
@@ -546,7 +594,11 @@ impl Simulation {
             observer: !self.config.observers.is_empty(),
             violations: ghost.violations.names(),
             violation_step,
-            trace: if violation_step.is_some() { self.formatted_trace() } else { Vec::new() },
+            trace: if violation_step.is_some() {
+                self.formatted_trace()
+            } else {
+                Vec::new()
+            },
         }
     }
 }
