@@ -170,6 +170,10 @@ impl Node {
     }
 
     /// Admits a message stamped `(term, agent)`.
+    ///
+    /// Persist in order: when a newer join supersedes one still being written, the older write
+    /// must not land after the newer one (serialise the writes), otherwise the term on disk
+    /// could go backwards.
     pub fn admit(&mut self, term: Term, agent: &AgentId) -> Result<NodeStep, Refusal> {
         match self.effective().admit(term, agent)? {
             Admission::Current if self.persisting.is_some() => Ok(NodeStep::ActAfterPersist),

@@ -373,7 +373,8 @@ impl fmt::Display for Ruleset {
 /// exist, so durability, candidacy and revocation must hold under both.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ActiveRules {
-    /// Invariant: non-empty, oldest first, no ruleset appears twice.
+    /// Invariant: non-empty, in order of (last) appearance, no ruleset appears twice; the last
+    /// one is the target.
     rulesets: Vec<Ruleset>,
 }
 
@@ -385,11 +386,15 @@ impl ActiveRules {
         }
     }
 
-    /// Adds a ruleset change in flight (ignored if that exact ruleset is already present).
+    /// Adds a ruleset change in flight; it becomes the target. A ruleset already in the list
+    /// moves to the end instead of appearing twice, so changing back (R0 -> R1 -> R0) keeps
+    /// R0 as the target while both still have to be satisfied.
     pub fn push(&mut self, next: Ruleset) {
-        if !self.rulesets.contains(&next) {
-            self.rulesets.push(next);
+        if self.target() == &next {
+            return;
         }
+        self.rulesets.retain(|ruleset| ruleset != &next);
+        self.rulesets.push(next);
     }
 
     /// Builder form of [`ActiveRules::push`].
@@ -398,7 +403,8 @@ impl ActiveRules {
         self
     }
 
-    /// The oldest ruleset (the one in force before the changes in flight).
+    /// The oldest ruleset in the list (normally the one in force before the changes in
+    /// flight).
     pub fn current(&self) -> &Ruleset {
         &self.rulesets[0]
     }
@@ -534,6 +540,23 @@ pub(crate) mod tests {
         let mut expected_sorted = expected;
         expected_sorted.sort();
         assert_eq!(sorted, expected_sorted);
+    }
+
+    #[test]
+    fn changing_back_keeps_both_rulesets_and_targets_the_latest() {
+        // Goal: R0 -> R1 -> R0 requires both and ends with R0 in force, not R1.
+        let other = Ruleset::new(
+            cohort(&[("a", "z"), ("b", "z")]),
+            [(node("a"), vec![set(&["b"])])],
+        )
+        .expect("valid");
+        let rules = ActiveRules::new(series_example())
+            .with(other.clone())
+            .with(series_example());
+        assert_eq!(rules.rulesets(), &[other.clone(), series_example()]);
+        assert_eq!(rules.target(), &series_example());
+        let unchanged = ActiveRules::new(other.clone()).with(other.clone());
+        assert_eq!(unchanged.rulesets(), &[other]);
     }
 
     #[test]
