@@ -854,8 +854,9 @@ impl Cluster {
         }
     }
 
-    /// Admits a message stamped (term, agent) on `node`. `Ok(true)`: act now. `Ok(false)`:
-    /// deferred until persisted. `Err(out)`: refused, with the messages to send.
+    /// Admits a message stamped (term, agent) on `node`. `Ok(())`: act on it now. `Err(out)`:
+    /// do not act now; send `out` (a refusal, or nothing when the message was deferred until
+    /// the term it opens is persisted).
     fn admit(
         &mut self,
         config: &Config,
@@ -863,11 +864,11 @@ impl Cluster {
         term: u8,
         agent: AgentRef,
         message: &Msg,
-    ) -> Result<bool, Vec<Msg>> {
+    ) -> Result<(), Vec<Msg>> {
         let agent_id = config.agent_id(agent);
         let model = &mut self.nodes[node as usize];
         match model.node.admit(Term(term as u64), agent_id) {
-            Ok(NodeStep::Act) => Ok(true),
+            Ok(NodeStep::Act) => Ok(()),
             Ok(NodeStep::PersistThenAct(next)) => {
                 // Joining a newer term: stop acting in older ones at once.
                 if model
@@ -885,15 +886,15 @@ impl Cluster {
                 }
                 if config.immediate_persistence {
                     model.node.on_persisted(&next);
-                    Ok(true)
+                    Ok(())
                 } else {
                     model.deferred.push(message.clone());
-                    Ok(false)
+                    Err(Vec::new())
                 }
             }
             Ok(NodeStep::ActAfterPersist) => {
                 model.deferred.push(message.clone());
-                Ok(false)
+                Err(Vec::new())
             }
             Err(refusal) => {
                 let mut out = Vec::new();
@@ -932,16 +933,14 @@ impl Cluster {
                 coordinator,
                 term,
             } => {
-                match self.admit(
+                if let Err(out) = self.admit(
                     config,
                     to,
                     term,
                     AgentRef::Coordinator(coordinator),
                     message,
                 ) {
-                    Ok(true) => {}
-                    Ok(false) => return Vec::new(),
-                    Err(out) => return out,
+                    return out;
                 }
                 let model = &self.nodes[to as usize];
                 let reply = Msg::Recruited {
@@ -959,16 +958,14 @@ impl Cluster {
                 term,
                 log,
             } => {
-                match self.admit(
+                if let Err(out) = self.admit(
                     config,
                     to,
                     term,
                     AgentRef::Coordinator(coordinator),
                     message,
                 ) {
-                    Ok(true) => {}
-                    Ok(false) => return Vec::new(),
-                    Err(out) => return out,
+                    return out;
                 }
                 let model = &mut self.nodes[to as usize];
                 adopt(model, &log);
@@ -986,16 +983,14 @@ impl Cluster {
                 coordinator,
                 term,
             } => {
-                match self.admit(
+                if let Err(out) = self.admit(
                     config,
                     to,
                     term,
                     AgentRef::Coordinator(coordinator),
                     message,
                 ) {
-                    Ok(true) => {}
-                    Ok(false) => return Vec::new(),
-                    Err(out) => return out,
+                    return out;
                 }
                 self.nodes[to as usize].promoted = Some(term);
                 vec![Msg::Promoted {
@@ -1011,10 +1006,8 @@ impl Cluster {
                 rules,
             } => {
                 let agent = AgentRef::Coordinator(coordinator);
-                match self.admit(config, to, term, agent, message) {
-                    Ok(true) => {}
-                    Ok(false) => return Vec::new(),
-                    Err(out) => return out,
+                if let Err(out) = self.admit(config, to, term, agent, message) {
+                    return out;
                 }
                 let model = &self.nodes[to as usize];
                 if model.promoted != Some(term) || model.leader.is_some() {
@@ -1030,10 +1023,8 @@ impl Cluster {
                 rules,
             } => {
                 let agent = AgentRef::Coordinator(coordinator);
-                match self.admit(config, to, term, agent, message) {
-                    Ok(true) => {}
-                    Ok(false) => return Vec::new(),
-                    Err(out) => return out,
+                if let Err(out) = self.admit(config, to, term, agent, message) {
+                    return out;
                 }
                 let model = &mut self.nodes[to as usize];
                 if model.leader.is_some() {
@@ -1051,10 +1042,8 @@ impl Cluster {
                 term,
             } => {
                 let agent = AgentRef::Coordinator(coordinator);
-                match self.admit(config, to, term, agent, message) {
-                    Ok(true) => {}
-                    Ok(false) => return Vec::new(),
-                    Err(out) => return out,
+                if let Err(out) = self.admit(config, to, term, agent, message) {
+                    return out;
                 }
                 if let Some(leading) = self.nodes[to as usize].leader.as_mut()
                     && leading.leader.term() == Term(term as u64)
@@ -1072,10 +1061,8 @@ impl Cluster {
                 up_to,
             } => {
                 let agent = AgentRef::Handoff(from);
-                match self.admit(config, to, term, agent, message) {
-                    Ok(true) => {}
-                    Ok(false) => return Vec::new(),
-                    Err(out) => return out,
+                if let Err(out) = self.admit(config, to, term, agent, message) {
+                    return out;
                 }
                 let model = &self.nodes[to as usize];
                 if model.leader.is_some() || model.log.len() < up_to as usize {
@@ -1094,10 +1081,8 @@ impl Cluster {
                 if config.is_observer(to) {
                     return Vec::new();
                 }
-                match self.admit(config, to, term, agent, message) {
-                    Ok(true) => {}
-                    Ok(false) => return Vec::new(),
-                    Err(out) => return out,
+                if let Err(out) = self.admit(config, to, term, agent, message) {
+                    return out;
                 }
                 let model = &mut self.nodes[to as usize];
                 if model.leader.is_some() {
@@ -1384,21 +1369,19 @@ impl Cluster {
             return Vec::new();
         };
         let term = small(handoff.term.0);
-        // The old leader joins the next term for itself as agent: it stops leading now.
-        let marker = Msg::Handoff {
-            to: node,
-            from: node,
-            term,
-            rules: Vec::new(),
-            up_to: 0,
-        };
-        if self.admit(config, node, term, agent, &marker).is_err() {
-            return Vec::new();
-        }
+        // The old leader joins the next term for itself as agent: it stops leading now. With
+        // separate flushes the join reaches the disk at the node's next flush.
         let model = &mut self.nodes[node as usize];
+        match model.node.admit(handoff.term, config.agent_id(agent)) {
+            Ok(NodeStep::PersistThenAct(next)) => {
+                if config.immediate_persistence {
+                    model.node.on_persisted(&next);
+                }
+            }
+            Ok(NodeStep::Act | NodeStep::ActAfterPersist) => {}
+            Err(_) => return Vec::new(),
+        }
         model.leader = None;
-        // The marker only existed to persist the term; it must not be replayed.
-        model.deferred.retain(|message| message != &marker);
         vec![Msg::Handoff {
             to: config.index_of(&handoff.candidate),
             from: node,
