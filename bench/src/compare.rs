@@ -221,6 +221,38 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `tessera-bench serve`: starts the selected targets with their data, prints how to reach
+/// each one, and keeps them running until Ctrl-C: for profiling a target under a manual
+/// pgbench.
+pub async fn serve(args: CompareArgs) -> anyhow::Result<()> {
+    let settings = args.settings();
+    system::raise_open_file_limit();
+    let kinds = selected_kinds(&args);
+    if kinds.iter().any(|k| matches!(k, Kind::PgBouncer { .. })) {
+        pgbouncer::ensure_installed()?;
+    }
+    let work_dir = system::create_work_dir(args.work_dir.as_deref())?;
+    let mut fleet = Fleet::default();
+    let started = start(&args, &settings, &kinds, &work_dir, &mut fleet).await;
+    if started.is_ok() {
+        for target in &fleet.targets {
+            println!(
+                "{:<18} pid {:<8} {}",
+                target.label(),
+                target.pid,
+                target.url()
+            );
+        }
+        println!("serving until Ctrl-C (work dir {})", work_dir.display());
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    fleet.stop().await;
+    if !args.keep {
+        let _ = std::fs::remove_dir_all(&work_dir);
+    }
+    started
+}
+
 fn selected_kinds(args: &CompareArgs) -> Vec<Kind> {
     let mut kinds = vec![
         Kind::Direct,

@@ -46,6 +46,8 @@ pub struct Cli {
 pub enum Command {
     /// Compare direct PostgreSQL, PgBouncer and Tessera with pgbench; write docs/benchmarks.md.
     Compare(compare::CompareArgs),
+    /// Start the selected targets with data and keep them running until Ctrl-C (profiling).
+    Serve(compare::CompareArgs),
     /// Internal: run a local Tessera cluster in this process until stdin closes.
     #[command(hide = true)]
     Cluster(child::ClusterArgs),
@@ -71,6 +73,7 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Compare(args) => compare::run(args).await,
+            Command::Serve(args) => compare::serve(args).await,
             Command::Cluster(args) => child::run(args).await,
         }
     });
