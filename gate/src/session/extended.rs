@@ -23,7 +23,11 @@ use crate::sql::route::{Params, Route, route};
 use crate::sql::shardmap::ShardIndex;
 
 impl Session {
-    pub(super) async fn extended_batch(&mut self, frames: &Bytes, sync: bool) -> Result<Flow, RelayError> {
+    pub(super) async fn extended_batch(
+        &mut self,
+        frames: &Bytes,
+        sync: bool,
+    ) -> Result<Flow, RelayError> {
         let mut active: Option<ShardIndex> = None;
         let mut pos = 0;
         while pos < frames.len() {
@@ -72,7 +76,10 @@ impl Session {
         let mut order: Vec<ShardIndex> = self
             .held
             .iter()
-            .filter(|h| Some(h.shard) != active && (h.conn.tx_status != message::TxStatus::Idle || !h.batch.is_empty()))
+            .filter(|h| {
+                Some(h.shard) != active
+                    && (h.conn.tx_status != message::TxStatus::Idle || !h.batch.is_empty())
+            })
             .map(|h| h.shard)
             .collect();
         order.extend(active);
@@ -127,7 +134,11 @@ impl Session {
     }
 
     /// Makes `shard` the connection that receives queued work, flushing the previous one.
-    async fn activate(&mut self, shard: ShardIndex, active: &mut Option<ShardIndex>) -> Result<usize, SqlError> {
+    async fn activate(
+        &mut self,
+        shard: ShardIndex,
+        active: &mut Option<ShardIndex>,
+    ) -> Result<usize, SqlError> {
         if let Some(previous) = *active
             && previous != shard
         {
@@ -164,7 +175,8 @@ impl Session {
     }
 
     fn on_parse(&mut self, frame: &Bytes, active: Option<ShardIndex>) -> Result<(), SqlError> {
-        let parse = Parse::parse(&frame[5..]).map_err(|e| SqlError::fatal("08P01", e.to_string()))?;
+        let parse =
+            Parse::parse(&frame[5..]).map_err(|e| SqlError::fatal("08P01", e.to_string()))?;
         if !parse.name.is_empty() && self.statements.contains_key(parse.name) {
             return Err(SqlError::new(
                 "42P05",
@@ -172,36 +184,47 @@ impl Session {
             ));
         }
         let view = self.view()?;
-        let plan = match self
-            .shared
-            .plans
-            .get_statement(parse.sql, &parse.param_types, &view.vschema)
-        {
-            Ok(plan) => Some(plan),
-            Err(error) => {
-                // Unparsable SQL may still run inside a transaction pinned to one shard.
-                let pinned = self.tx.is_open() && self.held.iter().filter(|h| h.in_transaction).count() == 1;
-                if pinned && check_unparsed(parse.sql).is_ok() {
-                    None
-                } else {
-                    return Err(self.plan_error(error));
+        let plan =
+            match self
+                .shared
+                .plans
+                .get_statement(parse.sql, &parse.param_types, &view.vschema)
+            {
+                Ok(plan) => Some(plan),
+                Err(error) => {
+                    // Unparsable SQL may still run inside a transaction pinned to one shard.
+                    let pinned = self.tx.is_open()
+                        && self.held.iter().filter(|h| h.in_transaction).count() == 1;
+                    if pinned && check_unparsed(parse.sql).is_ok() {
+                        None
+                    } else {
+                        return Err(self.plan_error(error));
+                    }
                 }
-            }
-        };
+            };
         let wire = Arc::new(Statement::new(parse.sql.into(), parse.param_types));
-        self.statements
-            .insert(parse.name.to_string(), Arc::new(ClientStatement { wire, plan }));
+        self.statements.insert(
+            parse.name.to_string(),
+            Arc::new(ClientStatement { wire, plan }),
+        );
         self.emit_empty(backend::PARSE_COMPLETE, active);
         Ok(())
     }
 
     fn statement(&self, name: &str) -> Result<Arc<ClientStatement>, SqlError> {
         self.statements.get(name).cloned().ok_or_else(|| {
-            SqlError::new("26000", format!("prepared statement \"{name}\" does not exist"))
+            SqlError::new(
+                "26000",
+                format!("prepared statement \"{name}\" does not exist"),
+            )
         })
     }
 
-    async fn on_bind(&mut self, frame: &Bytes, active: &mut Option<ShardIndex>) -> Result<(), SqlError> {
+    async fn on_bind(
+        &mut self,
+        frame: &Bytes,
+        active: &mut Option<ShardIndex>,
+    ) -> Result<(), SqlError> {
         let bind = Bind::parse(&frame[5..]).map_err(|e| SqlError::fatal("08P01", e.to_string()))?;
         let statement = self.statement(bind.statement)?;
         if !bind.portal.is_empty() && self.portals.contains_key(bind.portal) {
@@ -210,7 +233,11 @@ impl Session {
                 format!("portal \"{}\" already exists", bind.portal),
             ));
         }
-        let expected = statement.wire.param_types.len().max(statement.plan.as_ref().map_or(0, |p| p.param_count));
+        let expected = statement
+            .wire
+            .param_types
+            .len()
+            .max(statement.plan.as_ref().map_or(0, |p| p.param_count));
         if bind.params.len() != expected && statement.plan.is_some() {
             return Err(SqlError::new(
                 "08P01",
@@ -252,15 +279,24 @@ impl Session {
             Portal {
                 statement,
                 route,
-                bind: if keep_bind { frame.slice(5..) } else { Bytes::new() },
+                bind: if keep_bind {
+                    frame.slice(5..)
+                } else {
+                    Bytes::new()
+                },
                 buffered: None,
             },
         );
         Ok(())
     }
 
-    async fn on_describe(&mut self, frame: &Bytes, active: &mut Option<ShardIndex>) -> Result<(), SqlError> {
-        let named = Named::parse(&frame[5..], "Describe").map_err(|e| SqlError::fatal("08P01", e.to_string()))?;
+    async fn on_describe(
+        &mut self,
+        frame: &Bytes,
+        active: &mut Option<ShardIndex>,
+    ) -> Result<(), SqlError> {
+        let named = Named::parse(&frame[5..], "Describe")
+            .map_err(|e| SqlError::fatal("08P01", e.to_string()))?;
         match named.target {
             NamedTarget::Statement => {
                 let statement = self.statement(named.name)?;
@@ -287,7 +323,8 @@ impl Session {
                     .unwrap_or(0);
                 let index = self.activate(shard, active).await?;
                 let held = &mut self.held[index];
-                held.batch.describe_statement(&mut held.conn, &statement.wire);
+                held.batch
+                    .describe_statement(&mut held.conn, &statement.wire);
                 Ok(())
             }
             NamedTarget::Portal => {
@@ -296,14 +333,18 @@ impl Session {
                     Route::Single(shard) => {
                         let index = self.activate(shard, active).await?;
                         let held = &mut self.held[index];
-                        held.batch.raw(&mut held.conn, frame, Reply::DescribePortal, true);
+                        held.batch
+                            .raw(&mut held.conn, frame, Reply::DescribePortal, true);
                     }
                     Route::Gate => self.emit_empty(backend::NO_DATA, *active),
                     _ => {
                         self.deactivate(active).await?;
                         self.run_multi_portal(named.name).await?;
                         let portal = self.portals.get(named.name).expect("portal checked");
-                        let description = portal.buffered.as_ref().and_then(|b| b.row_description.clone());
+                        let description = portal
+                            .buffered
+                            .as_ref()
+                            .and_then(|b| b.row_description.clone());
                         write_description(&mut self.client.write_buf, &description);
                     }
                 }
@@ -348,8 +389,13 @@ impl Session {
         Ok(())
     }
 
-    async fn on_execute(&mut self, frame: &Bytes, active: &mut Option<ShardIndex>) -> Result<(), SqlError> {
-        let execute = Execute::parse(&frame[5..]).map_err(|e| SqlError::fatal("08P01", e.to_string()))?;
+    async fn on_execute(
+        &mut self,
+        frame: &Bytes,
+        active: &mut Option<ShardIndex>,
+    ) -> Result<(), SqlError> {
+        let execute =
+            Execute::parse(&frame[5..]).map_err(|e| SqlError::fatal("08P01", e.to_string()))?;
         let route = self.portal_route(execute.portal)?;
         match route {
             Route::Single(shard) => {
@@ -385,7 +431,8 @@ impl Session {
     }
 
     fn on_close(&mut self, frame: &Bytes, active: Option<ShardIndex>) -> Result<(), SqlError> {
-        let named = Named::parse(&frame[5..], "Close").map_err(|e| SqlError::fatal("08P01", e.to_string()))?;
+        let named = Named::parse(&frame[5..], "Close")
+            .map_err(|e| SqlError::fatal("08P01", e.to_string()))?;
         match named.target {
             // Server-side statements are shared by content and stay prepared for other clients.
             NamedTarget::Statement => {

@@ -121,14 +121,19 @@ impl Session {
             }
             StartupRequest::Startup { params } => params,
         };
-        let user = StartupRequest::param(&params, "user").unwrap_or("").to_string();
+        let user = StartupRequest::param(&params, "user")
+            .unwrap_or("")
+            .to_string();
         let database = StartupRequest::param(&params, "database")
             .filter(|d| !d.is_empty())
             .unwrap_or(&user)
             .to_string();
         if user.is_empty() {
-            SqlError::fatal("28000", "no PostgreSQL user name specified in startup packet")
-                .encode(&mut client.write_buf);
+            SqlError::fatal(
+                "28000",
+                "no PostgreSQL user name specified in startup packet",
+            )
+            .encode(&mut client.write_buf);
             client.shutdown().await;
             return;
         }
@@ -150,7 +155,11 @@ impl Session {
         let settings = match Settings::from_startup(&params) {
             Ok(settings) => settings,
             Err(error) => {
-                SqlError { severity: "FATAL", ..error }.encode(&mut client.write_buf);
+                SqlError {
+                    severity: "FATAL",
+                    ..error
+                }
+                .encode(&mut client.write_buf);
                 client.shutdown().await;
                 return;
             }
@@ -295,12 +304,16 @@ impl Session {
         if let Some(view) = &self.view {
             return Ok(view.clone());
         }
-        let view = self.shared.cluster.keyspace(&self.keyspace).ok_or_else(|| {
-            SqlError::new(
-                "3D000",
-                format!("keyspace \"{}\" no longer exists", self.keyspace),
-            )
-        })?;
+        let view = self
+            .shared
+            .cluster
+            .keyspace(&self.keyspace)
+            .ok_or_else(|| {
+                SqlError::new(
+                    "3D000",
+                    format!("keyspace \"{}\" no longer exists", self.keyspace),
+                )
+            })?;
         self.view = Some(view.clone());
         Ok(view)
     }
@@ -313,7 +326,8 @@ impl Session {
             return Ok(index);
         }
         if self.tx.is_open() {
-            self.tx.check_can_join(self.held.iter().filter(|h| h.in_transaction).count())?;
+            self.tx
+                .check_can_join(self.held.iter().filter(|h| h.in_transaction).count())?;
         }
         let mut conn = self
             .shared
@@ -349,7 +363,10 @@ impl Session {
         let reported = self.shared.server_params.read();
         if reported.iter().any(|(k, _)| k == "server_version")
             && reported.iter().find(|(k, _)| k == "server_version")
-                == conn.server_params.iter().find(|(k, _)| k == "server_version")
+                == conn
+                    .server_params
+                    .iter()
+                    .find(|(k, _)| k == "server_version")
         {
             return;
         }
@@ -369,7 +386,8 @@ impl Session {
                 }
                 Ok(outcome) => {
                     if let Some(status) = outcome.tx_status {
-                        self.tx.observe(status, held.in_transaction, outcome.error.is_some());
+                        self.tx
+                            .observe(status, held.in_transaction, outcome.error.is_some());
                         if status != TxStatus::Idle && !held.in_transaction {
                             // The server opened a transaction the gate did not see coming
                             // (e.g. a statement the gate could not parse): keep the
@@ -382,7 +400,10 @@ impl Session {
                 }
                 Err(RelayError::Client(error)) => {
                     held.conn.discard();
-                    return Err(SqlError::fatal("08006", format!("client connection lost: {error}")));
+                    return Err(SqlError::fatal(
+                        "08006",
+                        format!("client connection lost: {error}"),
+                    ));
                 }
                 Err(error) => {
                     let shard = held.shard;
@@ -423,7 +444,9 @@ impl Session {
         let mut index = 0;
         while index < self.held.len() {
             let held = &self.held[index];
-            if !held.in_transaction && held.batch.is_empty() && held.conn.tx_status == TxStatus::Idle
+            if !held.in_transaction
+                && held.batch.is_empty()
+                && held.conn.tx_status == TxStatus::Idle
             {
                 let held = self.held.swap_remove(index);
                 self.forget_running(&held.conn);
@@ -469,17 +492,19 @@ async fn relay_copy_in(client: &mut PgStream, conn: &mut ServerConn) -> Result<(
         .await
         .map_err(|e| SqlError::fatal("08006", format!("client connection lost: {e}")))?;
     loop {
-        let (tag, len) = client
-            .next_frame()
-            .await
-            .map_err(|e| SqlError::fatal("08006", format!("client connection lost during COPY: {e}")))?;
+        let (tag, len) = client.next_frame().await.map_err(|e| {
+            SqlError::fatal("08006", format!("client connection lost during COPY: {e}"))
+        })?;
         match tag {
             frontend::COPY_DATA | frontend::COPY_DONE | frontend::COPY_FAIL => {
                 client.relay_into(len, &mut conn.stream.write_buf);
                 if conn.stream.write_buf.len() >= 64 * 1024 || tag != frontend::COPY_DATA {
                     conn.stream.flush().await.map_err(|e| {
                         conn.broken = true;
-                        SqlError::new("08006", format!("lost the shard connection during COPY: {e}"))
+                        SqlError::new(
+                            "08006",
+                            format!("lost the shard connection during COPY: {e}"),
+                        )
                     })?;
                 }
                 if tag != frontend::COPY_DATA {
@@ -511,7 +536,9 @@ async fn cancel(shared: &Shared, process_id: i32, secret_key: i32) {
     }
     let running = entry.running.lock().clone();
     for query in running {
-        if let Err(error) = ServerConn::cancel(&query.target, query.process_id, query.secret_key).await {
+        if let Err(error) =
+            ServerConn::cancel(&query.target, query.process_id, query.secret_key).await
+        {
             tracing::debug!(%error, "cancel forwarding failed");
         }
     }

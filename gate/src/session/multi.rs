@@ -57,11 +57,20 @@ fn is_atomic_write(kind: &StatementKind) -> bool {
 /// Field types and formats from a RowDescription body.
 pub(super) fn fields(row_description: &[u8]) -> Result<Vec<FieldDesc>, SqlError> {
     let bad = || SqlError::new("08P01", "malformed RowDescription from a shard");
-    let count = i16::from_be_bytes(row_description.get(..2).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
+    let count = i16::from_be_bytes(
+        row_description
+            .get(..2)
+            .ok_or_else(bad)?
+            .try_into()
+            .map_err(|_| bad())?,
+    );
     let mut pos = 2;
     let mut fields = Vec::with_capacity(count.max(0) as usize);
     for _ in 0..count {
-        let name_end = row_description[pos..].iter().position(|b| *b == 0).ok_or_else(bad)?;
+        let name_end = row_description[pos..]
+            .iter()
+            .position(|b| *b == 0)
+            .ok_or_else(bad)?;
         pos += name_end + 1;
         let fixed = row_description.get(pos..pos + 18).ok_or_else(bad)?;
         let type_oid = u32::from_be_bytes([fixed[6], fixed[7], fixed[8], fixed[9]]);
@@ -78,9 +87,17 @@ fn tag_rows(tag: &[u8]) -> u64 {
 
 /// The command tag for the client. `replicated`: every shard ran the same write on its copy of
 /// a reference table, so one shard's count is the answer, not the sum.
-fn combined_tag(kind: &StatementKind, collected: &[Collected], rows: usize, replicated: bool) -> String {
+fn combined_tag(
+    kind: &StatementKind,
+    collected: &[Collected],
+    rows: usize,
+    replicated: bool,
+) -> String {
     let sum = || -> u64 {
-        let counts = collected.iter().filter_map(|c| c.tags.last()).map(|t| tag_rows(t));
+        let counts = collected
+            .iter()
+            .filter_map(|c| c.tags.last())
+            .map(|t| tag_rows(t));
         if replicated {
             counts.max().unwrap_or(0)
         } else {
@@ -133,14 +150,26 @@ impl Session {
                             let rewritten = Statement::new(item.sql.clone(), types);
                             held.batch.bind_subset(conn, &rewritten, bind, map, true);
                         }
-                        None if *item.sql == *plan.sql => held.batch.bind(conn, &statement.wire, bind),
+                        None if *item.sql == *plan.sql => {
+                            held.batch.bind(conn, &statement.wire, bind)
+                        }
                         None => {
-                            let rewritten = Statement::new(item.sql.clone(), statement.wire.param_types.clone());
+                            let rewritten = Statement::new(
+                                item.sql.clone(),
+                                statement.wire.param_types.clone(),
+                            );
                             held.batch.bind(conn, &rewritten, bind);
                         }
                     }
-                    message::describe_or_close(&mut conn.stream.write_buf, frontend::DESCRIBE, b'P', bind.portal);
-                    held.batch.queue.push_back(Expect::Forward(Reply::DescribePortal));
+                    message::describe_or_close(
+                        &mut conn.stream.write_buf,
+                        frontend::DESCRIBE,
+                        b'P',
+                        bind.portal,
+                    );
+                    held.batch
+                        .queue
+                        .push_back(Expect::Forward(Reply::DescribePortal));
                     message::execute(&mut conn.stream.write_buf, bind.portal, 0);
                     held.batch.queue.push_back(Expect::Forward(Reply::Execute));
                     held.batch.sync(conn);
@@ -176,7 +205,10 @@ impl Session {
                     lost.push(self.held[index].shard);
                     first_error.get_or_insert(SqlError::new(
                         "08006",
-                        format!("lost the connection to shard {}: {error}", view.shards.name(self.held[index].shard)),
+                        format!(
+                            "lost the connection to shard {}: {error}",
+                            view.shards.name(self.held[index].shard)
+                        ),
                     ));
                 }
             }
@@ -205,7 +237,10 @@ impl Session {
 
         if implicit {
             let coordinator_index = by_index[0].0;
-            let coordinator_shard = view.shards.name(self.held[coordinator_index].shard).to_string();
+            let coordinator_shard = view
+                .shards
+                .name(self.held[coordinator_index].shard)
+                .to_string();
             let gid = crate::twopc::gid(
                 &self.keyspace,
                 &coordinator_shard,
@@ -250,9 +285,17 @@ impl Session {
                 let per_shard = collected.iter().map(|c| c.rows.clone()).collect();
                 merge::merge(merge_plan, &fields, per_shard).map_err(|e| self.plan_error(e))?
             }
-            _ => collected.iter().flat_map(|c| c.rows.iter().cloned()).collect(),
+            _ => collected
+                .iter()
+                .flat_map(|c| c.rows.iter().cloned())
+                .collect(),
         };
-        let tag = combined_tag(&plan.kind, &collected, rows.len(), plan.target == Target::AllShards);
+        let tag = combined_tag(
+            &plan.kind,
+            &collected,
+            rows.len(),
+            plan.target == Target::AllShards,
+        );
         Ok(Buffered {
             row_description,
             rows: rows.into(),
@@ -260,7 +303,12 @@ impl Session {
         })
     }
 
-    fn shard_work(&self, plan: &StatementPlan, route: &Route, shard_count: usize) -> Result<Vec<ShardWork>, SqlError> {
+    fn shard_work(
+        &self,
+        plan: &StatementPlan,
+        route: &Route,
+        shard_count: usize,
+    ) -> Result<Vec<ShardWork>, SqlError> {
         let many = |shards: Vec<ShardIndex>| {
             let sql = if shards.len() > 1 {
                 plan.shard_sql.clone().unwrap_or_else(|| plan.sql.clone())
@@ -283,8 +331,8 @@ impl Session {
             Route::InsertSplit(parts) => {
                 let mut work = Vec::with_capacity(parts.len());
                 for (shard, rows) in parts {
-                    let (sql, param_map) =
-                        crate::sql::rewrite::rewrite_insert(plan, rows).map_err(|e| self.plan_error(e))?;
+                    let (sql, param_map) = crate::sql::rewrite::rewrite_insert(plan, rows)
+                        .map_err(|e| self.plan_error(e))?;
                     work.push(ShardWork {
                         shard: *shard,
                         sql: sql.into(),
@@ -304,7 +352,11 @@ impl Session {
         if describe {
             write_description(out, &buffered.row_description);
         }
-        let limit = if max_rows <= 0 { usize::MAX } else { max_rows as usize };
+        let limit = if max_rows <= 0 {
+            usize::MAX
+        } else {
+            max_rows as usize
+        };
         let mut sent = 0;
         while sent < limit {
             let Some(row) = buffered.rows.pop_front() else {

@@ -10,7 +10,13 @@ use tessera_wire::relay::Batch;
 use tessera_wire::{ServerConn, SqlError};
 
 /// Startup parameters that are not settings to replay.
-const NOT_SETTINGS: &[&str] = &["user", "database", "replication", "options", "application_name"];
+const NOT_SETTINGS: &[&str] = &[
+    "user",
+    "database",
+    "replication",
+    "options",
+    "application_name",
+];
 
 /// Settings Tessera owns; clients may not change them.
 pub(crate) const PROTECTED: &[&str] = &["synchronous_commit"];
@@ -228,8 +234,7 @@ mod tests {
         let error = Settings::from_startup(&params(&[("options", "-c synchronous_commit=off")]))
             .unwrap_err();
         assert_eq!(error.code, "42501");
-        let error =
-            Settings::from_startup(&params(&[("synchronous_commit", "off")])).unwrap_err();
+        let error = Settings::from_startup(&params(&[("synchronous_commit", "off")])).unwrap_err();
         assert_eq!(error.code, "42501");
     }
 

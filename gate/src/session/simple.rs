@@ -81,7 +81,9 @@ impl Session {
         let mut common = None;
         for plan in plans {
             match route(plan, &Params::default(), &view.shards) {
-                Ok(Route::Single(shard)) if common.is_none_or(|c| c == shard) => common = Some(shard),
+                Ok(Route::Single(shard)) if common.is_none_or(|c| c == shard) => {
+                    common = Some(shard)
+                }
                 _ => return Ok(None),
             }
         }
@@ -94,7 +96,8 @@ impl Session {
             return Err(aborted_error());
         }
         let view = self.view()?;
-        let route = route(plan, &Params::default(), &view.shards).map_err(|e| self.plan_error(e))?;
+        let route =
+            route(plan, &Params::default(), &view.shards).map_err(|e| self.plan_error(e))?;
         match route {
             Route::Gate => self.gate_command(plan).await.map(|_| true),
             Route::Single(shard) => self.single_simple(shard, &plan.sql).await,

@@ -136,7 +136,8 @@ impl Session {
         match &plan.kind {
             StatementKind::Begin => {
                 if self.tx.is_open() {
-                    let mut notice = SqlError::new("25001", "there is already a transaction in progress");
+                    let mut notice =
+                        SqlError::new("25001", "there is already a transaction in progress");
                     notice.severity = "WARNING";
                     self.notice(&notice);
                 } else {
@@ -147,7 +148,15 @@ impl Session {
                 Ok(())
             }
             StatementKind::Commit => self.commit().await,
-            StatementKind::Rollback if !matches!(&*plan.ast, Ast::Rollback { savepoint: Some(_), .. }) => {
+            StatementKind::Rollback
+                if !matches!(
+                    &*plan.ast,
+                    Ast::Rollback {
+                        savepoint: Some(_),
+                        ..
+                    }
+                ) =>
+            {
                 if !self.tx.is_open() {
                     let mut notice = SqlError::new("25P01", "there is no transaction in progress");
                     notice.severity = "WARNING";
@@ -163,7 +172,10 @@ impl Session {
             _ => match &*plan.ast {
                 Ast::Discard { .. } => {
                     if self.tx.is_open() {
-                        return Err(SqlError::new("25001", "DISCARD ALL cannot run inside a transaction block"));
+                        return Err(SqlError::new(
+                            "25001",
+                            "DISCARD ALL cannot run inside a transaction block",
+                        ));
                     }
                     self.statements.clear();
                     self.portals.clear();
@@ -188,7 +200,10 @@ impl Session {
                 }
                 other => Err(SqlError::new(
                     "0A000",
-                    format!("statement not supported by the gate: {}", statement_tag_or_text(other)),
+                    format!(
+                        "statement not supported by the gate: {}",
+                        statement_tag_or_text(other)
+                    ),
                 )),
             },
         }
@@ -259,7 +274,10 @@ impl Session {
     async fn commit_distributed(&mut self, participants: &[usize]) -> Result<(), SqlError> {
         let view = self.view()?;
         let coordinator_index = participants[0];
-        let coordinator_shard = view.shards.name(self.held[coordinator_index].shard).to_string();
+        let coordinator_shard = view
+            .shards
+            .name(self.held[coordinator_index].shard)
+            .to_string();
         let gid = crate::twopc::gid(
             &self.keyspace,
             &coordinator_shard,
@@ -311,7 +329,10 @@ impl Session {
         if !self.tx.is_open() {
             return Err(SqlError::new(
                 "25P01",
-                format!("{} can only be used in transaction blocks", statement_tag(plan)),
+                format!(
+                    "{} can only be used in transaction blocks",
+                    statement_tag(plan)
+                ),
             ));
         }
         let participants = self.participants();
@@ -347,13 +368,16 @@ impl Session {
             if plan.set_local {
                 self.tx.replay.push(plan.sql.to_string());
             } else {
-                self.tx.pending_settings.push((name, Some(plan.sql.to_string())));
+                self.tx
+                    .pending_settings
+                    .push((name, Some(plan.sql.to_string())));
             }
             return Ok(());
         }
         if plan.set_local {
             // Outside a transaction SET LOCAL has no effect; PostgreSQL warns and says SET.
-            let mut notice = SqlError::new("25P01", "SET LOCAL can only be used in transaction blocks");
+            let mut notice =
+                SqlError::new("25P01", "SET LOCAL can only be used in transaction blocks");
             notice.severity = "WARNING";
             self.notice(&notice);
             self.complete("SET");
@@ -432,7 +456,10 @@ impl Session {
     }
 
     /// Records DDL effects in the topology so every gate routes the new schema.
-    pub(super) async fn publish_effects(&mut self, effects: Vec<SchemaEffect>) -> Result<(), SqlError> {
+    pub(super) async fn publish_effects(
+        &mut self,
+        effects: Vec<SchemaEffect>,
+    ) -> Result<(), SqlError> {
         if effects.is_empty() {
             return Ok(());
         }
@@ -452,5 +479,8 @@ impl Session {
 
 fn statement_tag_or_text(statement: &Ast) -> String {
     let text = statement.to_string();
-    text.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+    text.split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
