@@ -25,7 +25,8 @@ pub struct TelemetryArgs {
 pub struct TelemetryGuard;
 
 pub fn init(args: &TelemetryArgs) -> Result<TelemetryGuard, String> {
-    let filter = EnvFilter::try_new(&args.log).map_err(|e| format!("invalid --log filter {:?}: {e}", args.log))?;
+    let filter = EnvFilter::try_new(&args.log)
+        .map_err(|e| format!("invalid --log filter {:?}: {e}", args.log))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

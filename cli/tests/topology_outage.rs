@@ -121,6 +121,9 @@ async fn failover_during_a_topology_outage() {
     );
     let result = std::panic::AssertUnwindSafe(outcome);
     if futures::FutureExt::catch_unwind(result).await.is_err() {
-        panic!("no failover during the etcd outage; component logs:\n{}", deployment.logs());
+        panic!(
+            "no failover during the etcd outage; component logs:\n{}",
+            deployment.logs()
+        );
     }
 }

@@ -30,8 +30,12 @@ pub fn init_tracing() {
 /// A short directory under /tmp (unix socket paths are limited to 107 bytes) that PostgreSQL,
 /// running as the `postgres` user, can enter.
 pub fn temp_dir() -> tempfile::TempDir {
-    let dir = tempfile::Builder::new().prefix("ts").tempdir_in("/tmp").expect("temp dir");
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod temp dir");
+    let dir = tempfile::Builder::new()
+        .prefix("ts")
+        .tempdir_in("/tmp")
+        .expect("temp dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod temp dir");
     dir
 }
 
@@ -70,7 +74,9 @@ pub fn test_options(dir: &Path, shards: usize, replicas: usize) -> UpOptions {
     options.zones = Some(replicas.max(1));
     options.base_port = Some(free_port_block((shards * replicas) as u16));
     options.pg_settings.insert("fsync".into(), "off".into());
-    options.pg_settings.insert("shared_buffers".into(), "16MB".into());
+    options
+        .pg_settings
+        .insert("shared_buffers".into(), "16MB".into());
     options
 }
 
@@ -88,7 +94,9 @@ impl TestCluster {
     }
 
     pub async fn start_with(dir: tempfile::TempDir, options: UpOptions) -> TestCluster {
-        let cluster = LocalCluster::start(options).await.expect("start local cluster");
+        let cluster = LocalCluster::start(options)
+            .await
+            .expect("start local cluster");
         TestCluster { cluster, dir }
     }
 

@@ -12,12 +12,18 @@ use tokio_postgres::NoTls;
 
 fn url_with(cluster: &TestCluster, user_password: &str, database: &str) -> String {
     let address = cluster.cluster.gate_address;
-    format!("postgres://{user_password}@{}:{}/{database}", address.ip(), address.port())
+    format!(
+        "postgres://{user_password}@{}:{}/{database}",
+        address.ip(),
+        address.port()
+    )
 }
 
 /// Reads whatever the server answers until it closes the connection (bounded).
 fn read_until_close(stream: &mut TcpStream) -> Vec<u8> {
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     let mut answer = Vec::new();
     let mut buffer = [0u8; 4096];
     loop {
@@ -41,7 +47,11 @@ async fn client_mistakes_get_precise_sqlstates_and_the_gate_keeps_serving() {
         .await
         .err()
         .expect("unknown user must fail");
-    assert_eq!(sqlstate(&error), "28P01", "unknown users look like wrong passwords");
+    assert_eq!(
+        sqlstate(&error),
+        "28P01",
+        "unknown users look like wrong passwords"
+    );
     let error = tokio_postgres::connect(&url_with(&cluster, "postgres:postgres", "nope"), NoTls)
         .await
         .err()
@@ -51,8 +61,14 @@ async fn client_mistakes_get_precise_sqlstates_and_the_gate_keeps_serving() {
     let client = cluster.client().await;
     let error = client.simple_query("SELEC 1").await.unwrap_err();
     assert_eq!(sqlstate(&error), "42601");
-    let message = error.as_db_error().map(|e| e.message().to_string()).unwrap_or_default();
-    assert!(message.contains("SELEC"), "the parser's message names the problem: {message}");
+    let message = error
+        .as_db_error()
+        .map(|e| e.message().to_string())
+        .unwrap_or_default();
+    assert!(
+        message.contains("SELEC"),
+        "the parser's message names the problem: {message}"
+    );
     let error = client.prepare("SELECT (1 +").await.unwrap_err();
     assert_eq!(sqlstate(&error), "42601");
     // The session is still usable after errors.
@@ -64,11 +80,16 @@ async fn client_mistakes_get_precise_sqlstates_and_the_gate_keeps_serving() {
     let mut raw = TcpStream::connect(address).unwrap();
     raw.write_all(&[0, 0, 0, 3, 1, 2, 3]).unwrap();
     let answer = read_until_close(&mut raw);
-    assert_eq!(answer.first(), Some(&b'E'), "expected an ErrorResponse, got {answer:?}");
+    assert_eq!(
+        answer.first(),
+        Some(&b'E'),
+        "expected an ErrorResponse, got {answer:?}"
+    );
     assert!(String::from_utf8_lossy(&answer).contains("08P01"));
     // ... an absurd length is refused without reading it ...
     let mut raw = TcpStream::connect(address).unwrap();
-    raw.write_all(&[0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0]).unwrap();
+    raw.write_all(&[0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0])
+        .unwrap();
     let answer = read_until_close(&mut raw);
     assert!(String::from_utf8_lossy(&answer).contains("08P01"));
     // ... an unsupported protocol version is refused ...
@@ -116,7 +137,10 @@ async fn client_mistakes_get_precise_sqlstates_and_the_gate_keeps_serving() {
     conn.stream.flush().await.unwrap();
     let (tag, len) = conn.stream.next_frame().await.unwrap();
     assert_eq!(tag, b'E');
-    assert_eq!(tessera_wire::SqlError::from_body(conn.stream.body(len)).code, "08P01");
+    assert_eq!(
+        tessera_wire::SqlError::from_body(conn.stream.body(len)).code,
+        "08P01"
+    );
 
     // After all of that, the gate still serves a new client.
     let client = connect(&cluster.url()).await;
@@ -133,16 +157,30 @@ async fn clusters_that_cannot_start_say_why_in_one_line() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let mut options = test_options(dir.path(), 1, 1);
     options.gate_port = taken.local_addr().unwrap().port();
-    let error = LocalCluster::start(options).await.err().expect("must fail").to_string();
-    assert!(error.contains("already in use") && error.contains("gate"), "{error}");
+    let error = LocalCluster::start(options)
+        .await
+        .err()
+        .expect("must fail")
+        .to_string();
+    assert!(
+        error.contains("already in use") && error.contains("gate"),
+        "{error}"
+    );
     assert!(!error.contains('\n'), "one line: {error}");
 
     // Missing PostgreSQL binaries.
     let dir = temp_dir();
     let mut options = test_options(dir.path(), 1, 1);
     options.pg_bin_dir = "/nonexistent/pg/bin".into();
-    let error = LocalCluster::start(options).await.err().expect("must fail").to_string();
-    assert!(error.contains("/nonexistent/pg/bin/initdb") && error.contains("not found"), "{error}");
+    let error = LocalCluster::start(options)
+        .await
+        .err()
+        .expect("must fail")
+        .to_string();
+    assert!(
+        error.contains("/nonexistent/pg/bin/initdb") && error.contains("not found"),
+        "{error}"
+    );
     assert!(!error.contains('\n'), "one line: {error}");
 
     // Unwritable data dir (a path below a regular file).
@@ -151,8 +189,15 @@ async fn clusters_that_cannot_start_say_why_in_one_line() {
     std::fs::write(&file, b"x").unwrap();
     let mut options = test_options(dir.path(), 1, 1);
     options.data_dir = file.join("data");
-    let error = LocalCluster::start(options).await.err().expect("must fail").to_string();
-    assert!(error.contains("not writable") && error.contains("plain-file"), "{error}");
+    let error = LocalCluster::start(options)
+        .await
+        .err()
+        .expect("must fail")
+        .to_string();
+    assert!(
+        error.contains("not writable") && error.contains("plain-file"),
+        "{error}"
+    );
     assert!(!error.contains('\n'), "one line: {error}");
 
     // A PostgreSQL port in use.
@@ -160,7 +205,14 @@ async fn clusters_that_cannot_start_say_why_in_one_line() {
     let options = test_options(dir.path(), 1, 1);
     let pg_port = options.base_port.unwrap();
     let blocker = std::net::TcpListener::bind(("127.0.0.1", pg_port)).unwrap();
-    let error = LocalCluster::start(options).await.err().expect("must fail").to_string();
-    assert!(error.contains(&pg_port.to_string()) && error.contains("in use"), "{error}");
+    let error = LocalCluster::start(options)
+        .await
+        .err()
+        .expect("must fail")
+        .to_string();
+    assert!(
+        error.contains(&pg_port.to_string()) && error.contains("in use"),
+        "{error}"
+    );
     drop(blocker);
 }

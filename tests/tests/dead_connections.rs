@@ -8,7 +8,10 @@ use tessera_tests::TestCluster;
 async fn queries_after_idle_server_connections_died_still_succeed() {
     let cluster = TestCluster::start(1, 1).await;
     let client = cluster.client().await;
-    client.batch_execute("CREATE TABLE t (tenant_id bigint PRIMARY KEY)").await.unwrap();
+    client
+        .batch_execute("CREATE TABLE t (tenant_id bigint PRIMARY KEY)")
+        .await
+        .unwrap();
     // Fill the pool with several idle connections.
     let mut clients = Vec::new();
     for _ in 0..4 {
@@ -40,7 +43,11 @@ async fn queries_after_idle_server_connections_died_still_succeed() {
             .await
             .unwrap_or_else(|e| panic!("statement {n} after the kill failed: {e}"));
     }
-    let count: i64 = client.query_one("SELECT count(*) FROM t", &[]).await.unwrap().get(0);
+    let count: i64 = client
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(count, clients.len() as i64);
     cluster.stop().await;
 }

@@ -19,21 +19,40 @@ async fn restart_on_the_same_data_dir_keeps_data_and_routing() {
         .unwrap();
     for tenant in 1..=20i64 {
         client
-            .execute("INSERT INTO notes VALUES ($1, 1, $2)", &[&tenant, &format!("n{tenant}")])
+            .execute(
+                "INSERT INTO notes VALUES ($1, 1, $2)",
+                &[&tenant, &format!("n{tenant}")],
+            )
             .await
             .unwrap();
     }
     drop(client);
     let TestCluster { cluster, dir } = cluster;
-    let first_pids: Vec<u32> = cluster.tablets.iter().filter_map(|t| t.postgres().pid()).collect();
+    let first_pids: Vec<u32> = cluster
+        .tablets
+        .iter()
+        .filter_map(|t| t.postgres().pid())
+        .collect();
     cluster.stop().await;
 
     // Same data dir, same options: the layout, topology and PostgreSQL data are adopted.
     let cluster = TestCluster::start_with(dir, options).await;
-    let second_pids: Vec<u32> = cluster.cluster.tablets.iter().filter_map(|t| t.postgres().pid()).collect();
-    assert_ne!(first_pids, second_pids, "PostgreSQL must really have restarted");
+    let second_pids: Vec<u32> = cluster
+        .cluster
+        .tablets
+        .iter()
+        .filter_map(|t| t.postgres().pid())
+        .collect();
+    assert_ne!(
+        first_pids, second_pids,
+        "PostgreSQL must really have restarted"
+    );
     let client = cluster.client().await;
-    let count: i64 = client.query_one("SELECT count(*) FROM notes", &[]).await.unwrap().get(0);
+    let count: i64 = client
+        .query_one("SELECT count(*) FROM notes", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(count, 20);
     // Routing still knows `notes` is sharded: a keyed read goes to one shard and finds its row.
     for tenant in [3i64, 11, 20] {
@@ -48,6 +67,9 @@ async fn restart_on_the_same_data_dir_keeps_data_and_routing() {
     let kinds = client.query("SELECT label FROM kinds", &[]).await.unwrap();
     assert_eq!(kinds.len(), 1);
     // New writes work after the restart.
-    client.execute("INSERT INTO notes VALUES (99, 1, 'after')", &[]).await.unwrap();
+    client
+        .execute("INSERT INTO notes VALUES (99, 1, 'after')", &[])
+        .await
+        .unwrap();
     cluster.stop().await;
 }

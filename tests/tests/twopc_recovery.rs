@@ -9,7 +9,10 @@ async fn wait_until_resolved(client: &tokio_postgres::Client, gid: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let left: i64 = client
-            .query_one("SELECT count(*) FROM pg_prepared_xacts WHERE gid = $1", &[&gid])
+            .query_one(
+                "SELECT count(*) FROM pg_prepared_xacts WHERE gid = $1",
+                &[&gid],
+            )
             .await
             .unwrap()
             .get(0);
@@ -30,7 +33,10 @@ async fn recovery_commits_decided_and_aborts_undecided_prepared_transactions() {
     options.gate.twopc_recovery_age_ms = 500;
     let cluster = TestCluster::start_with(dir, options).await;
     let client = cluster.client().await;
-    client.batch_execute("CREATE TABLE t (tenant_id bigint PRIMARY KEY, v text)").await.unwrap();
+    client
+        .batch_execute("CREATE TABLE t (tenant_id bigint PRIMARY KEY, v text)")
+        .await
+        .unwrap();
     let participant = cluster.shard_primary_client("80-").await;
     let coordinator = cluster.shard_primary_client("-80").await;
 
@@ -43,7 +49,10 @@ async fn recovery_commits_decided_and_aborts_undecided_prepared_transactions() {
         .await
         .unwrap();
     coordinator
-        .execute("INSERT INTO tessera.twopc_decisions (gid, decision) VALUES ($1, 'commit')", &[&committed])
+        .execute(
+            "INSERT INTO tessera.twopc_decisions (gid, decision) VALUES ($1, 'commit')",
+            &[&committed],
+        )
         .await
         .unwrap();
     // A gate crashed after PREPARE but before any decision.
@@ -64,10 +73,17 @@ async fn recovery_commits_decided_and_aborts_undecided_prepared_transactions() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(rows, vec![1001], "decided commit applied, undecided one rolled back");
+    assert_eq!(
+        rows,
+        vec![1001],
+        "decided commit applied, undecided one rolled back"
+    );
     // Recovery recorded its 'abort', so a late gate cannot decide 'commit' any more.
     let decision: String = coordinator
-        .query_one("SELECT decision FROM tessera.twopc_decisions WHERE gid = $1", &[&undecided])
+        .query_one(
+            "SELECT decision FROM tessera.twopc_decisions WHERE gid = $1",
+            &[&undecided],
+        )
         .await
         .unwrap()
         .get(0);

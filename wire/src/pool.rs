@@ -48,7 +48,8 @@ impl AcquireError {
     }
 }
 
-pub type AcquireFuture<'a> = Pin<Box<dyn Future<Output = Result<PooledConn, AcquireError>> + Send + 'a>>;
+pub type AcquireFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<PooledConn, AcquireError>> + Send + 'a>>;
 
 /// Hands out connections to one tablet's PostgreSQL (directly or through its pooler).
 pub trait ConnSource: Send + Sync {

@@ -53,7 +53,9 @@ impl Reply {
             | (Reply::DescribeStatement | Reply::DescribePortal, ROW_DESCRIPTION | NO_DATA)
             | (Reply::Execute, COMMAND_COMPLETE | EMPTY_QUERY | PORTAL_SUSPENDED) => Some(true),
             (Reply::DescribeStatement, PARAMETER_DESCRIPTION)
-            | (Reply::Execute, DATA_ROW | COPY_OUT | COPY_DATA | COPY_DONE | COPY_IN) => Some(false),
+            | (Reply::Execute, DATA_ROW | COPY_OUT | COPY_DATA | COPY_DONE | COPY_IN) => {
+                Some(false)
+            }
             (Reply::Query, READY_FOR_QUERY) | (Reply::Sync, READY_FOR_QUERY) => Some(true),
             (Reply::Query, _) => Some(false),
             _ => None,
@@ -155,7 +157,8 @@ impl Batch {
             b'S',
             &statement.name,
         );
-        self.queue.push_back(Expect::Forward(Reply::DescribeStatement));
+        self.queue
+            .push_back(Expect::Forward(Reply::DescribeStatement));
     }
 
     /// Sends a client frame unchanged (Execute, Describe portal, Close portal).
@@ -361,11 +364,7 @@ async fn pump_answers(
             Expect::Swallow(reply) => (reply, false),
             Expect::Synthetic(_) => unreachable!("drained above"),
         };
-        let (tag, len) = conn
-            .stream
-            .next_frame()
-            .await
-            .map_err(RelayError::Server)?;
+        let (tag, len) = conn.stream.next_frame().await.map_err(RelayError::Server)?;
         match tag {
             backend::ERROR => {
                 let error = SqlError::from_body(conn.stream.body(len));
@@ -379,7 +378,10 @@ async fn pump_answers(
                 if reply != Reply::Query {
                     // The server now ignores everything up to Sync.
                     while let Some(next) = batch.queue.front() {
-                        if matches!(next, Expect::Forward(Reply::Sync) | Expect::Swallow(Reply::Sync)) {
+                        if matches!(
+                            next,
+                            Expect::Forward(Reply::Sync) | Expect::Swallow(Reply::Sync)
+                        ) {
                             break;
                         }
                         batch.queue.pop_front();

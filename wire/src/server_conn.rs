@@ -16,9 +16,14 @@ use super::socket::PgStream;
 /// Where a server listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
-    Tcp { host: String, port: u16 },
+    Tcp {
+        host: String,
+        port: u16,
+    },
     /// Path of the socket file itself (e.g. `<dir>/.s.PGSQL.5432`).
-    Unix { path: PathBuf },
+    Unix {
+        path: PathBuf,
+    },
 }
 
 impl std::fmt::Display for Target {
@@ -128,9 +133,12 @@ impl ServerConn {
     /// Opens, authenticates and waits for the first ReadyForQuery.
     pub async fn connect(config: &ConnectConfig) -> Result<ServerConn, WireError> {
         let timeout_ms = config.connect_timeout_ms.max(1);
-        tokio::time::timeout(Duration::from_millis(timeout_ms), Self::connect_inner(config))
-            .await
-            .map_err(|_| WireError::Timeout(timeout_ms))?
+        tokio::time::timeout(
+            Duration::from_millis(timeout_ms),
+            Self::connect_inner(config),
+        )
+        .await
+        .map_err(|_| WireError::Timeout(timeout_ms))?
     }
 
     async fn connect_inner(config: &ConnectConfig) -> Result<ServerConn, WireError> {
@@ -209,7 +217,10 @@ impl ServerConn {
             match code {
                 0 => return Ok(()),
                 3 => {
-                    frontend::password_message(config.password.as_bytes(), &mut self.stream.write_buf)?;
+                    frontend::password_message(
+                        config.password.as_bytes(),
+                        &mut self.stream.write_buf,
+                    )?;
                 }
                 5 => {
                     let salt: [u8; 4] = payload
@@ -232,10 +243,8 @@ impl ServerConn {
                             "server offers no SASL mechanism Tessera supports".into(),
                         ));
                     }
-                    let state = ScramSha256::new(
-                        config.password.as_bytes(),
-                        ChannelBinding::unsupported(),
-                    );
+                    let state =
+                        ScramSha256::new(config.password.as_bytes(), ChannelBinding::unsupported());
                     frontend::sasl_initial_response(
                         SCRAM_SHA_256,
                         state.message(),
@@ -290,10 +299,9 @@ impl ServerConn {
                     error.get_or_insert(SqlError::from_body(self.stream.body(len)));
                 }
                 backend::COMMAND_COMPLETE => {
-                    tag = String::from_utf8_lossy(super::message::command_tag(
-                        self.stream.body(len),
-                    ))
-                    .into_owned();
+                    tag =
+                        String::from_utf8_lossy(super::message::command_tag(self.stream.body(len)))
+                            .into_owned();
                 }
                 backend::READY_FOR_QUERY => {
                     let status = self.stream.body(len).first().copied().unwrap_or(b'I');
@@ -350,7 +358,11 @@ impl ServerConn {
 
     /// Asks the server to cancel whatever this connection is running (a new connection sends
     /// CancelRequest, as the protocol requires).
-    pub async fn cancel(target: &Target, process_id: i32, secret_key: i32) -> Result<(), WireError> {
+    pub async fn cancel(
+        target: &Target,
+        process_id: i32,
+        secret_key: i32,
+    ) -> Result<(), WireError> {
         let mut stream = match target {
             Target::Tcp { host, port } => PgStream::connect_tcp(host, *port).await?,
             Target::Unix { path } => PgStream::connect_unix(path).await?,
@@ -367,17 +379,29 @@ impl ServerConn {
 /// Decodes a text-format DataRow body.
 pub fn decode_text_row(body: &[u8]) -> Result<Vec<Option<String>>, WireError> {
     let bad = || WireError::protocol("malformed DataRow");
-    let count = i16::from_be_bytes(body.get(..2).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
+    let count = i16::from_be_bytes(
+        body.get(..2)
+            .ok_or_else(bad)?
+            .try_into()
+            .map_err(|_| bad())?,
+    );
     let mut pos = 2;
     let mut row = Vec::with_capacity(count.max(0) as usize);
     for _ in 0..count {
-        let len = i32::from_be_bytes(body.get(pos..pos + 4).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
+        let len = i32::from_be_bytes(
+            body.get(pos..pos + 4)
+                .ok_or_else(bad)?
+                .try_into()
+                .map_err(|_| bad())?,
+        );
         pos += 4;
         if len < 0 {
             row.push(None);
         } else {
             let end = pos + len as usize;
-            row.push(Some(String::from_utf8_lossy(body.get(pos..end).ok_or_else(bad)?).into_owned()));
+            row.push(Some(
+                String::from_utf8_lossy(body.get(pos..end).ok_or_else(bad)?).into_owned(),
+            ));
             pos = end;
         }
     }

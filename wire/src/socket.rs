@@ -95,7 +95,11 @@ pub fn frame_at(buf: &[u8]) -> io::Result<Option<(u8, usize)>> {
 
 /// A message tag as a printable character for error messages.
 pub fn printable(tag: u8) -> char {
-    if tag.is_ascii_graphic() { tag as char } else { '?' }
+    if tag.is_ascii_graphic() {
+        tag as char
+    } else {
+        '?'
+    }
 }
 
 /// Buffered protocol stream. Reads fill `read_buf`; writes accumulate in `write_buf` until
@@ -127,7 +131,9 @@ impl PgStream {
     }
 
     pub async fn connect_unix(path: &Path) -> io::Result<Self> {
-        Ok(PgStream::new(Socket::Unix(UnixStream::connect(path).await?)))
+        Ok(PgStream::new(Socket::Unix(
+            UnixStream::connect(path).await?,
+        )))
     }
 
     pub fn socket(&self) -> &Socket {
@@ -162,7 +168,8 @@ impl PgStream {
                 return Ok(header);
             }
             if let Some(len) = self.pending_frame_len() {
-                self.read_buf.reserve(len.saturating_sub(self.read_buf.len()));
+                self.read_buf
+                    .reserve(len.saturating_sub(self.read_buf.len()));
             }
             self.fill().await?;
         }

@@ -156,15 +156,20 @@ async fn exchange(
 }
 
 async fn flush(stream: &mut PgStream) -> Result<(), SqlError> {
-    stream
-        .flush()
-        .await
-        .map_err(|e| SqlError::fatal("08006", format!("connection lost during authentication: {e}")))
+    stream.flush().await.map_err(|e| {
+        SqlError::fatal(
+            "08006",
+            format!("connection lost during authentication: {e}"),
+        )
+    })
 }
 
 async fn read_password_message(stream: &mut PgStream) -> Result<Vec<u8>, SqlError> {
     let (tag, len) = stream.next_frame().await.map_err(|e| {
-        SqlError::fatal("08006", format!("connection lost during authentication: {e}"))
+        SqlError::fatal(
+            "08006",
+            format!("connection lost during authentication: {e}"),
+        )
     })?;
     if tag != frontend::PASSWORD {
         return Err(SqlError::fatal(
@@ -189,7 +194,10 @@ mod tests {
         let params = parse_params(b"user\0bob\0database\0app\0\0").unwrap();
         assert_eq!(
             params,
-            vec![("user".into(), "bob".into()), ("database".into(), "app".into())]
+            vec![
+                ("user".into(), "bob".into()),
+                ("database".into(), "app".into())
+            ]
         );
         assert!(parse_params(b"user\0bob").is_err());
         assert!(parse_params(b"").is_err());
