@@ -160,14 +160,19 @@ pub async fn policy(args: PolicyArgs) -> anyhow::Result<()> {
         if let Some(leader) = view.leader()
             && let Some(status) = &leader.status
         {
-            if status.policy == canonical {
+            if status.policy == canonical && status.pending_policy.is_empty() {
                 println!(
                     "{keyspace}/{shard} runs {canonical} (term {}, primary {})",
                     status.term, status.id
                 );
                 return Ok(());
             }
-            last = if status.commits_waiting > 0 {
+            last = if status.pending_policy == canonical {
+                format!(
+                    "the change to {canonical} is in flight on primary {}; {} commits wait for standbys both policies require",
+                    status.id, status.commits_waiting
+                )
+            } else if status.commits_waiting > 0 {
                 format!(
                     "primary {} still runs {}; {} commits wait for standbys",
                     status.id, status.policy, status.commits_waiting

@@ -87,6 +87,15 @@ pub enum Problem {
     StalePrimary { tablet: String, term: u64 },
     /// A replica that does not stream from the leader: repoint it.
     ReplicaNotReplicating { tablet: String },
+    /// A tablet joined a term the leader does not lead (a higher term, or the leader's term
+    /// under another agent, e.g. an agent that recruited it and died). The node rules forbid
+    /// repointing it in the leader's term, so only a new term brings it back: a leadership
+    /// change that keeps the leader.
+    ForeignTerm {
+        tablet: String,
+        term: u64,
+        agent: String,
+    },
     /// The topology asks for a different durability policy than the leader runs under:
     /// change the rules.
     PolicyMismatch { wanted: String, running: String },
@@ -125,6 +134,7 @@ impl Problem {
             Problem::ReplicaNotReplicating { tablet } => {
                 format!("replica_not_replicating:{tablet}")
             }
+            Problem::ForeignTerm { tablet, term, .. } => format!("foreign_term:{tablet}:{term}"),
             Problem::PolicyMismatch { wanted, .. } => format!("policy_mismatch:{wanted}"),
             Problem::DurabilityBlocked { tablet, .. } => format!("durability_blocked:{tablet}"),
             Problem::Quarantined { tablet } => format!("quarantined:{tablet}"),
@@ -141,6 +151,7 @@ impl Problem {
             Problem::Unestablished { .. } => "unestablished",
             Problem::StalePrimary { .. } => "stale_primary",
             Problem::ReplicaNotReplicating { .. } => "replica_not_replicating",
+            Problem::ForeignTerm { .. } => "foreign_term",
             Problem::PolicyMismatch { .. } => "policy_mismatch",
             Problem::DurabilityBlocked { .. } => "durability_blocked",
             Problem::Quarantined { .. } => "quarantined",
@@ -176,6 +187,14 @@ impl fmt::Display for Problem {
             Problem::ReplicaNotReplicating { tablet } => {
                 write!(f, "replica {tablet} does not stream from the primary")
             }
+            Problem::ForeignTerm {
+                tablet,
+                term,
+                agent,
+            } => write!(
+                f,
+                "{tablet} joined term {term} of agent {agent:?}, which the leader does not lead"
+            ),
             Problem::PolicyMismatch { wanted, running } => {
                 write!(
                     f,
@@ -215,9 +234,11 @@ pub fn analyse(shard: &ShardView) -> Vec<Problem> {
         });
         return problems;
     }
+    // A change to the wanted policy already in flight on the leader is not a mismatch.
     if !shard.record.policy.is_empty()
         && !leader_status.policy.is_empty()
         && shard.record.policy != leader_status.policy
+        && shard.record.policy != leader_status.pending_policy
     {
         problems.push(Problem::PolicyMismatch {
             wanted: shard.record.policy.clone(),
@@ -241,7 +262,17 @@ pub fn analyse(shard: &ShardView) -> Vec<Problem> {
         if status.role == "quarantined" {
             continue;
         }
-        if !status.in_recovery {
+        let foreign = status.term > leader_status.term
+            || (status.term == leader_status.term
+                && !status.agent.is_empty()
+                && status.agent != leader_status.agent);
+        if foreign {
+            problems.push(Problem::ForeignTerm {
+                tablet: tablet.record.id.clone(),
+                term: status.term,
+                agent: status.agent.clone(),
+            });
+        } else if !status.in_recovery {
             problems.push(Problem::StalePrimary {
                 tablet: tablet.record.id.clone(),
                 term: status.term,
@@ -318,6 +349,7 @@ mod tests {
                 String::new()
             },
             policy: "at_least_n(2)".into(),
+            agent: "coordinator-zone1".into(),
             ..TabletStatus::default()
         }
     }
@@ -444,6 +476,40 @@ mod tests {
             ]
         );
         assert!(!problems.iter().any(Problem::needs_failover));
+    }
+
+    #[test]
+    fn a_replica_in_a_term_the_leader_does_not_lead_is_a_foreign_term() {
+        // Goal: an agent that recruited a standby and died leaves it in the leader's term under
+        // another agent (or in a higher term); repointing in the leader's term would be
+        // refused, so the problem is named apart from a plain replica out of place.
+        let mut tablets = healthy_shard();
+        tablets[1].status.as_mut().unwrap().agent = "racer-b".into();
+        tablets[1].status.as_mut().unwrap().streaming = false;
+        tablets[2].status.as_mut().unwrap().term = 4;
+        let view = shard(tablets);
+        let problems = analyse(&view);
+        assert_eq!(
+            problems,
+            vec![
+                Problem::ForeignTerm {
+                    tablet: "zone2-102".into(),
+                    term: 3,
+                    agent: "racer-b".into()
+                },
+                Problem::ForeignTerm {
+                    tablet: "zone3-103".into(),
+                    term: 4,
+                    agent: "coordinator-zone1".into()
+                },
+            ]
+        );
+        // Its recovery is a new term that keeps the leader, under the rules the leader runs.
+        let spec = crate::recover::change_spec("app", &view, &problems[0]);
+        assert_eq!(spec.candidate.as_deref(), Some("zone1-101"));
+        assert_eq!(spec.policy, "at_least_n(2)");
+        assert_eq!(spec.new_policy, None);
+        assert_eq!(spec.min_term, 4);
     }
 
     #[test]

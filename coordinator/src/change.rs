@@ -96,7 +96,19 @@ fn node(id: &str) -> NodeId {
     NodeId::new(id).expect("tablet ids are valid node ids")
 }
 
-fn compile(policy: &str, cohort: &Cohort) -> Result<Ruleset, ChangeError> {
+/// The shard's cohort: every tablet, with its zone.
+pub(crate) fn cohort_of(tablets: &[TabletView]) -> Cohort {
+    let mut cohort = Cohort::new();
+    for tablet in tablets {
+        cohort.insert(
+            node(&tablet.record.id),
+            NodeProperties::in_zone(tablet.record.zone.clone()),
+        );
+    }
+    cohort
+}
+
+pub(crate) fn compile(policy: &str, cohort: &Cohort) -> Result<Ruleset, ChangeError> {
     let spec: PolicySpec =
         policy.parse().map_err(
             |e: tessera_consensus::PolicyParseError| ChangeError::Policy {
@@ -146,13 +158,7 @@ pub async fn run(
     spec: ChangeSpec,
     timeouts: &Timeouts,
 ) -> Result<ChangeOutcome, ChangeError> {
-    let mut cohort = Cohort::new();
-    for tablet in &spec.tablets {
-        cohort.insert(
-            node(&tablet.record.id),
-            NodeProperties::in_zone(tablet.record.zone.clone()),
-        );
-    }
+    let cohort = cohort_of(&spec.tablets);
     let believed = compile(&spec.policy, &cohort)?;
     let new_ruleset = spec
         .new_policy

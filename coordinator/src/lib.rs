@@ -290,7 +290,7 @@ fn choose(
     for problem in problems {
         let ready = match problem {
             p if p.needs_failover() => !someone_working && aged(p, config.failover_grace_ms),
-            Problem::PolicyMismatch { .. } => {
+            Problem::PolicyMismatch { .. } | Problem::ForeignTerm { .. } => {
                 !someone_working && aged(problem, config.failover_grace_ms)
             }
             Problem::StalePrimary { .. } | Problem::ReplicaNotReplicating { .. } => {

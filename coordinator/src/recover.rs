@@ -4,17 +4,19 @@
 //! |---|---|
 //! | NoPrimary, DeadPrimary, UnreachablePrimary, UnresponsivePrimary | failover: a leadership change in a new term |
 //! | Unestablished | a leadership change that keeps the bootstrap primary (term 1) |
-//! | PolicyMismatch | a leadership change with the new ruleset, keeping the leader |
+//! | PolicyMismatch | the leader changes its rules as a request in its own term (both rulesets until the change is durable); a leadership change with the new ruleset when there is no leader |
+//! | ForeignTerm | a leadership change that keeps the leader (only a new term reaches the tablet) |
 //! | StalePrimary, ReplicaNotReplicating | repoint the tablet at the leader, in the leader's term |
 //! | DurabilityBlocked, Quarantined | none: reported (metrics, logs, `tessera status`) |
 
 use std::time::Duration;
 
 use tessera_consensus::AgentId;
-use tessera_proto::tablet::{Peer, RepointRequest, Stamp};
+use tessera_proto::rules;
+use tessera_proto::tablet::{ChangeRulesRequest, Peer, RepointRequest, Stamp};
 use tessera_topology::Topology;
 
-use crate::analysis::{Problem, ShardView};
+use crate::analysis::{Problem, ShardView, TabletView};
 use crate::change::{self, ChangeOutcome, ChangeSpec, Timeouts};
 use crate::client::{Clients, call};
 
@@ -32,11 +34,18 @@ pub fn change_spec(keyspace: &str, shard: &ShardView, problem: &Problem) -> Chan
     let (new_policy, candidate) = match problem {
         Problem::Unestablished { tablet } => (None, Some(tablet.clone())),
         Problem::PolicyMismatch { wanted, .. } => (Some(wanted.clone()), leader.clone()),
+        Problem::ForeignTerm { .. } => (None, leader.clone()),
         _ => (None, None),
     };
     // Rules in force are those the leader runs (the topology may already want new ones).
+    let running = shard
+        .leader()
+        .and_then(|t| t.status.as_ref())
+        .map(|s| s.policy.clone())
+        .filter(|p| !p.is_empty());
     let policy = match problem {
         Problem::PolicyMismatch { running, .. } => running.clone(),
+        Problem::ForeignTerm { .. } => running.unwrap_or_else(|| shard.record.policy.clone()),
         _ => shard.record.policy.clone(),
     };
     ChangeSpec {
@@ -62,12 +71,17 @@ pub async fn recover(
     timeouts: &Timeouts,
 ) -> Result<Option<ChangeOutcome>, RecoveryError> {
     match problem {
+        Problem::PolicyMismatch { wanted, .. } if shard.leader().is_some() => {
+            change_rules_on_leader(clients, shard, wanted, timeouts.repoint).await?;
+            Ok(None)
+        }
         Problem::NoPrimary { .. }
         | Problem::DeadPrimary { .. }
         | Problem::UnreachablePrimary { .. }
         | Problem::UnresponsivePrimary { .. }
         | Problem::Unestablished { .. }
-        | Problem::PolicyMismatch { .. } => {
+        | Problem::PolicyMismatch { .. }
+        | Problem::ForeignTerm { .. } => {
             let spec = change_spec(keyspace, shard, problem);
             Ok(Some(
                 change::run(agent, clients, topology, spec, timeouts).await?,
@@ -81,6 +95,54 @@ pub async fn recover(
     }
 }
 
+/// Asks the leader to change its rules to `policy` within its own term (compiled for the
+/// shard's cohort). The stamp is the leader's own (term, agent): the leader decides the change
+/// as a request; a leader that moved on refuses it.
+pub async fn change_rules_on_leader(
+    clients: &Clients,
+    shard: &ShardView,
+    policy: &str,
+    timeout: Duration,
+) -> Result<(), RecoveryError> {
+    let (leader, stamp) = leader_stamp(shard)?;
+    let ruleset = change::compile(policy, &change::cohort_of(&shard.tablets))?;
+    let mut client = clients
+        .get(&leader.record)
+        .map_err(|e| RecoveryError::Repair(e.to_string()))?;
+    let response = call(
+        timeout,
+        "change rules",
+        client.change_rules(ChangeRulesRequest {
+            stamp: Some(stamp),
+            ruleset: Some(rules::to_wire(&ruleset, policy)),
+        }),
+    )
+    .await
+    .map_err(RecoveryError::Repair)?;
+    tracing::info!(leader = %leader.record.id, policy = %response.pending_policy, "rule change in flight on the leader");
+    Ok(())
+}
+
+/// The shard's leader and its own (term, agent).
+fn leader_stamp(shard: &ShardView) -> Result<(&TabletView, Stamp), RecoveryError> {
+    let leader = shard
+        .leader()
+        .ok_or_else(|| RecoveryError::Repair("no leader".into()))?;
+    let status = leader.status.as_ref().expect("leaders have a status");
+    if status.agent.is_empty() || status.term == 0 {
+        return Err(RecoveryError::Repair(
+            "the leader has no established term".into(),
+        ));
+    }
+    Ok((
+        leader,
+        Stamp {
+            term: status.term,
+            agent: status.agent.clone(),
+        },
+    ))
+}
+
 /// Repoints a tablet at the shard's leader within the leader's own term. The stamp is the
 /// term's (term, agent) as the leader reports it: the repair carries out that agent's decision
 /// ("follow the delegated leader of term T") and nothing else, so it cannot conflict with it.
@@ -90,15 +152,7 @@ pub async fn repoint_to_leader(
     tablet: &str,
     timeout: Duration,
 ) -> Result<(), RecoveryError> {
-    let leader = shard
-        .leader()
-        .ok_or_else(|| RecoveryError::Repair("no leader to repoint to".into()))?;
-    let leader_status = leader.status.as_ref().expect("leaders have a status");
-    if leader_status.agent.is_empty() || leader_status.term == 0 {
-        return Err(RecoveryError::Repair(
-            "the leader has no established term".into(),
-        ));
-    }
+    let (leader, stamp) = leader_stamp(shard)?;
     let target = shard
         .tablet(tablet)
         .ok_or_else(|| RecoveryError::Repair(format!("unknown tablet {tablet}")))?;
@@ -109,10 +163,7 @@ pub async fn repoint_to_leader(
         timeout,
         "repoint",
         client.repoint(RepointRequest {
-            stamp: Some(Stamp {
-                term: leader_status.term,
-                agent: leader_status.agent.clone(),
-            }),
+            stamp: Some(stamp),
             primary: Some(Peer {
                 id: leader.record.id.clone(),
                 host: leader.record.host.clone(),

@@ -14,18 +14,21 @@ CREATE TABLE IF NOT EXISTS tessera.twopc_decisions (
     decided_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE TABLE IF NOT EXISTS tessera.terms (
-    term bigint PRIMARY KEY,
+    term bigint NOT NULL,
+    seq integer NOT NULL DEFAULT 0,
     leader text NOT NULL,
     agent text NOT NULL,
     policy text NOT NULL,
     ruleset bytea NOT NULL,
-    established_at timestamptz NOT NULL DEFAULT now()
+    established_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (term, seq)
 );";
 
-/// The last two establishment entries a node's WAL holds (newest first): term, policy and the
-/// protobuf-encoded ruleset (`tessera.tablet.Ruleset`).
+/// The last two rules entries a node's WAL holds (newest first): term, policy and the
+/// protobuf-encoded ruleset (`tessera.tablet.Ruleset`). `seq` 0 is a term's establishment;
+/// higher ones are rule changes the leader made within the term.
 pub const LAST_TERMS: &str =
-    "SELECT term, policy, ruleset FROM tessera.terms ORDER BY term DESC LIMIT 2";
+    "SELECT term, policy, ruleset FROM tessera.terms ORDER BY term DESC, seq DESC LIMIT 2";
 
 /// Prefix of every two-phase-commit transaction id Tessera creates.
 pub const TWOPC_GID_PREFIX: &str = "tessera:";

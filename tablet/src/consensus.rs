@@ -141,6 +141,8 @@ pub struct ConsensusState {
     pub operations: tokio::sync::Mutex<()>,
     /// Term whose establishment entry this node wrote and saw durable (0: none).
     pub established: AtomicU64,
+    /// A rule change in flight on this leader: (term, policy of the new ruleset).
+    pub pending_rules: parking_lot::Mutex<Option<(u64, String)>>,
 }
 
 impl ConsensusState {
@@ -152,6 +154,7 @@ impl ConsensusState {
             file,
             operations: tokio::sync::Mutex::new(()),
             established: AtomicU64::new(0),
+            pending_rules: parking_lot::Mutex::new(None),
         })
     }
 
@@ -159,6 +162,11 @@ impl ConsensusState {
     /// shows the new term next to state from the old one.
     pub fn term(&self) -> u64 {
         self.node.lock().durable().term.0
+    }
+
+    /// The policy of the rule change in flight, if any.
+    pub fn pending_policy(&self) -> Option<String> {
+        self.pending_rules.lock().as_ref().map(|(_, p)| p.clone())
     }
 
     pub fn agent(&self) -> Option<String> {
@@ -318,6 +326,7 @@ impl Tablet {
             }
         }
         self.consensus().established.store(0, Ordering::Release);
+        self.consensus().pending_rules.lock().take();
     }
 
     /// Ends every client session on this PostgreSQL (Tessera's own control sessions survive).
@@ -598,8 +607,8 @@ impl Tablet {
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
             [&term, &leader, &agent, &target_wire.policy, &encoded];
         let insert = client.query_one(
-            "INSERT INTO tessera.terms (term, leader, agent, policy, ruleset) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (term) DO UPDATE SET leader = EXCLUDED.leader, agent = EXCLUDED.agent, \
+            "INSERT INTO tessera.terms (term, seq, leader, agent, policy, ruleset) VALUES ($1, 0, $2, $3, $4, $5) \
+             ON CONFLICT (term, seq) DO UPDATE SET leader = EXCLUDED.leader, agent = EXCLUDED.agent, \
              policy = EXCLUDED.policy, ruleset = EXCLUDED.ruleset, established_at = now() \
              RETURNING pg_current_wal_lsn()::text",
             &params,
@@ -623,6 +632,138 @@ impl Tablet {
             .store(stamp.term.0, Ordering::Release);
         tracing::info!(tablet = %self.id(), term = stamp.term.0, setting = %names, lsn = %lsn, "term established");
         Ok(LogPosition::new(stamp.term, lsn.as_u64()))
+    }
+
+    /// A rule change the leader makes as a request within its own term (the "changing rules"
+    /// decision of the series, done by the leader). From now on every commit must satisfy both
+    /// the running ruleset and `new`; the rule-change entry (`tessera.terms`, next `seq` of the
+    /// term) is written under both, and once it is durable only `new` applies. Returns when
+    /// the change is in flight: if `new` cannot be met (a zone is down), commits — the entry
+    /// and every client write — wait, reported as commits waiting, until it can.
+    pub async fn change_rules(
+        self: &std::sync::Arc<Self>,
+        stamp: &Stamp,
+        new: &pb::Ruleset,
+    ) -> Result<String, ConsensusError> {
+        self.admit(stamp).await?;
+        let _operation = self.consensus().operations.lock().await;
+        self.still_current(stamp)?;
+        if self.consensus().established.load(Ordering::Acquire) != stamp.term.0 {
+            return Err(ConsensusError::Precondition(format!(
+                "not the leader of term {}: rules change only on the established primary",
+                stamp.term.0
+            )));
+        }
+        if let Some((term, policy)) = self.consensus().pending_rules.lock().clone()
+            && term == stamp.term.0
+        {
+            if policy == new.policy {
+                return Ok(policy);
+            }
+            return Err(ConsensusError::Precondition(format!(
+                "a change to {policy} is still in flight"
+            )));
+        }
+        let new_ruleset =
+            Ruleset::try_from(new).map_err(|e| ConsensusError::Invalid(e.to_string()))?;
+        let client = self.postgres().connect(&self.config().keyspace).await?;
+        let row = client
+            .query_one(
+                "SELECT ruleset, seq FROM tessera.terms WHERE term = $1 ORDER BY seq DESC LIMIT 1",
+                &[&(stamp.term.0 as i64)],
+            )
+            .await
+            .map_err(|e| ConsensusError::Query(format!("reading the running rules: {e}")))?;
+        let running_bytes: Vec<u8> = row.get(0);
+        let seq: i32 = row.get(1);
+        let running = pb::Ruleset::decode(running_bytes.as_slice())
+            .map_err(|e| ConsensusError::Query(format!("undecodable running ruleset: {e}")))
+            .and_then(|wire| {
+                Ruleset::try_from(&wire).map_err(|e| ConsensusError::Query(e.to_string()))
+            })?;
+        if running == new_ruleset {
+            return Ok(new.policy.clone());
+        }
+        let mut both = ActiveRules::new(running);
+        both.push(new_ruleset.clone());
+        let names = both.to_postgres(&self.node_id()).map_err(|e| {
+            ConsensusError::Precondition(format!("rules cannot be enforced by PostgreSQL: {e}"))
+        })?;
+        let target = ActiveRules::new(new_ruleset)
+            .to_postgres(&self.node_id())
+            .map_err(|e| {
+                ConsensusError::Precondition(format!("rules cannot be enforced by PostgreSQL: {e}"))
+            })?;
+        // Both rulesets from this commit on: never weaker than either while the change is open.
+        self.postgres()
+            .set_synchronous_standby_names(&names.setting())
+            .await?;
+        *self.consensus().pending_rules.lock() = Some((stamp.term.0, new.policy.clone()));
+        self.notify_changed();
+        tracing::info!(tablet = %self.id(), term = stamp.term.0, policy = %new.policy, setting = %names, "rule change in flight");
+        let policy = new.policy.clone();
+        let tablet = self.clone();
+        let stamp = stamp.clone();
+        let new = new.clone();
+        tokio::spawn(async move {
+            let outcome = tablet
+                .write_rule_change(&stamp, seq + 1, &new, &target.setting())
+                .await;
+            if outcome.is_ok() {
+                tablet.note_policy(new.policy.clone());
+            }
+            let mut pending = tablet.consensus().pending_rules.lock();
+            if pending.as_ref().is_some_and(|(t, _)| *t == stamp.term.0) {
+                pending.take();
+            }
+            drop(pending);
+            match outcome {
+                Ok(()) => {
+                    tracing::info!(tablet = %tablet.id(), term = stamp.term.0, policy = %new.policy, "rule change durable; new rules in force")
+                }
+                Err(error) => {
+                    tracing::warn!(tablet = %tablet.id(), term = stamp.term.0, policy = %new.policy, %error, "rule change did not complete")
+                }
+            }
+            tablet.notify_changed();
+        });
+        Ok(policy)
+    }
+
+    /// Writes the rule-change entry and waits (unbounded: the policy decides) until it is
+    /// durable under both rulesets, then applies the new rules alone. The session is not a
+    /// control session, so stepping down terminates it like any client's.
+    async fn write_rule_change(
+        &self,
+        stamp: &Stamp,
+        seq: i32,
+        new: &pb::Ruleset,
+        target_setting: &str,
+    ) -> Result<(), ConsensusError> {
+        let client = self.postgres().connect(&self.config().keyspace).await?;
+        let query = |e: tokio_postgres::Error| ConsensusError::Query(e.to_string());
+        client
+            .batch_execute("SET application_name = 'tessera-rule-change'")
+            .await
+            .map_err(query)?;
+        let term = stamp.term.0 as i64;
+        let leader = self.id().to_string();
+        let agent = stamp.agent.as_str().to_string();
+        let encoded = new.encode_to_vec();
+        client
+            .execute(
+                "INSERT INTO tessera.terms (term, seq, leader, agent, policy, ruleset) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+                &[&term, &seq, &leader, &agent, &new.policy, &encoded],
+            )
+            .await
+            .map_err(query)?;
+        let _operation = self.consensus().operations.lock().await;
+        self.still_current(stamp)?;
+        self.postgres()
+            .set_synchronous_standby_names(target_setting)
+            .await?;
+        Ok(())
     }
 
     /// Delegate: serve clients as primary in the term.

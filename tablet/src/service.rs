@@ -9,9 +9,9 @@ use tessera_consensus::{LogPosition, Refusal, Term};
 use tessera_proto::rules;
 use tessera_proto::tablet::tablet_server::{Tablet as TabletRpc, TabletServer};
 use tessera_proto::tablet::{
-    CatchUpRequest, DelegateRequest, DelegateResponse, DrainRequest, DrainResponse,
-    EstablishRequest, LogSummary, PositionResponse, PromoteRequest, RecruitRequest,
-    RecruitResponse, RepointRequest, RepointResponse, StatusRequest, TabletStatus,
+    CatchUpRequest, ChangeRulesRequest, ChangeRulesResponse, DelegateRequest, DelegateResponse,
+    DrainRequest, DrainResponse, EstablishRequest, LogSummary, PositionResponse, PromoteRequest,
+    RecruitRequest, RecruitResponse, RepointRequest, RepointResponse, StatusRequest, TabletStatus,
     WatchStatusRequest, recruit_response,
 };
 use tonic::{Request, Response, Status};
@@ -171,6 +171,22 @@ impl TabletRpc for TabletService {
             .await
             .map_err(to_status)?;
         Ok(Response::new(DelegateResponse {}))
+    }
+
+    async fn change_rules(
+        &self,
+        request: Request<ChangeRulesRequest>,
+    ) -> Result<Response<ChangeRulesResponse>, Status> {
+        let request = request.into_inner();
+        let stamp = Stamp::try_from(request.stamp.as_ref()).map_err(to_status)?;
+        let ruleset = request
+            .ruleset
+            .ok_or_else(|| Status::invalid_argument("missing ruleset"))?;
+        let tablet = self.tablet.clone();
+        let pending_policy = detached(async move { tablet.change_rules(&stamp, &ruleset).await })
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(ChangeRulesResponse { pending_policy }))
     }
 
     async fn drain(

@@ -268,6 +268,12 @@ impl Tablet {
         });
     }
 
+    /// Records the policy now in force before the next probe reads it back from the WAL, so a
+    /// status never shows a finished rule change as neither pending nor applied.
+    pub(crate) fn note_policy(&self, policy: String) {
+        self.update(|s| s.health.policy = policy);
+    }
+
     pub(crate) fn set_role(&self, role: Role, message: String) {
         self.update(|s| {
             s.role = role;
@@ -357,6 +363,7 @@ impl Tablet {
             host: self.config.host.clone(),
             policy: state.health.policy,
             commits_waiting: state.health.commits_waiting,
+            pending_policy: self.consensus.pending_policy().unwrap_or_default(),
         }
     }
 
@@ -408,7 +415,7 @@ impl Tablet {
                  coalesce((SELECT max(term) FROM tessera.terms), 0), \
                  coalesce((SELECT status = 'streaming' FROM pg_stat_wal_receiver LIMIT 1), false), \
                  current_setting('synchronous_standby_names'), \
-                 coalesce((SELECT policy FROM tessera.terms ORDER BY term DESC LIMIT 1), ''), \
+                 coalesce((SELECT policy FROM tessera.terms ORDER BY term DESC, seq DESC LIMIT 1), ''), \
                  (SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep')::int",
                 &[],
             )
