@@ -416,30 +416,63 @@ async fn measure_all(
     }
     let mut memory = Vec::new();
     if !args.skip_memory {
-        let measured = targets.iter().filter(|t| {
-            matches!(
-                t.kind,
-                Kind::Tessera {
-                    shards: 1,
-                    replicas: 1
-                } | Kind::PgBouncer { session: false }
-            )
-        });
-        for target in measured {
-            eprintln!(
-                "memory: {} idle clients on {}",
-                settings.idle_clients,
-                target.label()
-            );
-            match memory::measure(target, settings.idle_clients).await {
-                Ok(result) => memory.push(result),
-                Err(error) => {
-                    eprintln!("memory measurement on {} failed: {error:#}", target.label())
-                }
-            }
-        }
+        memory = measure_memory(settings, &targets, work_dir, fleet).await;
     }
     Ok((records, memory))
+}
+
+/// Idle-connection memory of PgBouncer (transaction mode) and of a Tessera 1-shard gate.
+///
+/// Tessera is measured in a fresh cluster process of its own, holding only the (empty) tables:
+/// the benchmark cluster's heap has already grown through the data load and the grid, so the
+/// allocator would serve new sessions from memory freed earlier and the resident set would
+/// hardly move (a dishonest 0 bytes per client). PgBouncer is measured as it is: its own slab
+/// allocator's growth is visible either way.
+async fn measure_memory(
+    settings: &Settings,
+    targets: &[Target],
+    work_dir: &Path,
+    fleet: &mut Fleet,
+) -> Vec<MemoryResult> {
+    let mut measured: Vec<Target> = targets
+        .iter()
+        .filter(|t| t.kind == Kind::PgBouncer { session: false })
+        .cloned()
+        .collect();
+    let wants_tessera = targets.iter().any(|t| {
+        t.kind
+            == Kind::Tessera {
+                shards: 1,
+                replicas: 1,
+            }
+    });
+    if wants_tessera {
+        eprintln!("memory: starting a fresh tessera-1sh cluster process");
+        let fresh = async {
+            let target = fleet.start_tessera(&work_dir.join("memory"), 1, 1).await?;
+            // Stopped with the fleet, but not one of the grid's targets.
+            fleet.targets.retain(|t| t.pid != target.pid);
+            schema::create_tables(&target).await?;
+            anyhow::Ok(target)
+        };
+        match fresh.await {
+            Ok(target) => measured.push(target),
+            Err(error) => eprintln!("memory: cannot start a fresh Tessera cluster: {error:#}"),
+        }
+    }
+    let mut memory = Vec::new();
+    for target in &measured {
+        eprintln!(
+            "memory: {} idle clients on {}",
+            settings.idle_clients,
+            target.label()
+        );
+        match memory::measure(target, settings.idle_clients).await {
+            Ok(result) => memory.push(result),
+            Err(error) => eprintln!("memory measurement on {} failed: {error:#}", target.label()),
+        }
+    }
+    memory
 }
 
 /// One cell of the grid: a workload at a client count, run on several targets.

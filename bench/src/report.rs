@@ -378,7 +378,7 @@ fn render_memory(out: &mut String, results: &Results) {
     let _ = writeln!(out, "### Memory per idle client connection\n");
     let _ = writeln!(
         out,
-        "Resident set (VmRSS) of the process serving clients, before and after opening authenticated idle connections (SCRAM), after each ran one point select, and after all closed. For Tessera the process also runs the tablets' pools and coordinators; only the difference counts.\n"
+        "Resident set (VmRSS) of the process serving clients, before and after opening authenticated idle connections (SCRAM), after each ran one point select, and after all closed. For Tessera the process also runs the tablets' pools and coordinators; only the difference counts. Tessera is measured in a fresh cluster process holding only empty tables, so memory freed by the data load and the grid cannot hide the growth.\n"
     );
     let _ = writeln!(
         out,

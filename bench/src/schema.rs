@@ -37,12 +37,7 @@ async fn connect(target: &Target) -> anyhow::Result<tokio_postgres::Client> {
 /// analyzes them.
 pub async fn load(target: &Target, scale: u32) -> anyhow::Result<()> {
     let client = connect(target).await?;
-    for statement in DDL.split(";\n") {
-        client
-            .batch_execute(statement)
-            .await
-            .with_context(|| format!("{}: {statement}", target.label()))?;
-    }
+    create_with(&client, target).await?;
     insert_rows(
         &client,
         "pgbench_branches (bid, bbalance)",
@@ -88,6 +83,22 @@ pub async fn load(target: &Target, scale: u32) -> anyhow::Result<()> {
         "{}: pgbench_accounts has {count} rows after the load",
         target.label()
     );
+    Ok(())
+}
+
+/// Creates the pgbench tables, empty, through `target`.
+pub async fn create_tables(target: &Target) -> anyhow::Result<()> {
+    let client = connect(target).await?;
+    create_with(&client, target).await
+}
+
+async fn create_with(client: &tokio_postgres::Client, target: &Target) -> anyhow::Result<()> {
+    for statement in DDL.split(";\n") {
+        client
+            .batch_execute(statement)
+            .await
+            .with_context(|| format!("{}: {statement}", target.label()))?;
+    }
     Ok(())
 }
 
