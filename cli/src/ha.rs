@@ -167,7 +167,12 @@ pub async fn policy(args: PolicyArgs) -> anyhow::Result<()> {
                 );
                 return Ok(());
             }
-            last = if status.pending_policy == canonical {
+            last = if !status.pending_policy.is_empty() && status.pending_policy != canonical {
+                format!(
+                    "a change to {} is still in flight on primary {} and must complete first ({} commits wait for the standbys it requires)",
+                    status.pending_policy, status.id, status.commits_waiting
+                )
+            } else if status.pending_policy == canonical {
                 format!(
                     "the change to {canonical} is in flight on primary {}; {} commits wait for standbys both policies require",
                     status.id, status.commits_waiting
