@@ -97,7 +97,7 @@ fn node(id: &str) -> NodeId {
 }
 
 /// The shard's cohort: every tablet, with its zone.
-pub(crate) fn cohort_of(tablets: &[TabletView]) -> Cohort {
+pub fn cohort_of(tablets: &[TabletView]) -> Cohort {
     let mut cohort = Cohort::new();
     for tablet in tablets {
         cohort.insert(
@@ -108,7 +108,7 @@ pub(crate) fn cohort_of(tablets: &[TabletView]) -> Cohort {
     cohort
 }
 
-pub(crate) fn compile(policy: &str, cohort: &Cohort) -> Result<Ruleset, ChangeError> {
+pub fn compile(policy: &str, cohort: &Cohort) -> Result<Ruleset, ChangeError> {
     let spec: PolicySpec =
         policy.parse().map_err(
             |e: tessera_consensus::PolicyParseError| ChangeError::Policy {

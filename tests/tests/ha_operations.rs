@@ -12,7 +12,7 @@ use tessera_coordinator::analysis::{Problem, analyse};
 use tessera_coordinator::change::{self, ChangeSpec, Timeouts};
 use tessera_coordinator::client::Clients;
 use tessera_coordinator::operations;
-use tessera_proto::tablet::{RecruitRequest, Stamp, recruit_response};
+use tessera_proto::tablet::{ChangeRulesRequest, RecruitRequest, Stamp, recruit_response};
 use tessera_tests::ha::{HaCluster, SETTLE_TIMEOUT, serving_primary};
 use tessera_tests::workload::{Workload, WorkloadOptions, create_table};
 
@@ -408,6 +408,62 @@ async fn an_unsatisfiable_policy_blocks_writes_until_the_missing_zone_returns() 
         .map(|s| s.policy.clone())
         .unwrap_or_default();
     assert_eq!(running, "multi_zone(3)", "the primary runs {running:?}");
+
+    // Rule changes are decisions of the term's leader: a stale stamp, another agent's stamp
+    // and a request to a standby are all refused, and nothing changes.
+    let status = leader.status.clone().expect("the leader's status");
+    let view = cluster
+        .watch
+        .check("the shard", cluster.watch.view().await)
+        .await;
+    let replica = view
+        .tablets
+        .iter()
+        .find(|t| t.record.id != settled.primary)
+        .expect("a standby");
+    let clients = Clients::default();
+    let weaker = |agent: &str, term: u64| ChangeRulesRequest {
+        stamp: Some(Stamp {
+            term,
+            agent: agent.to_string(),
+        }),
+        ruleset: Some(tessera_proto::rules::to_wire(
+            &change::compile("at_least_n(1)", &change::cohort_of(&view.tablets)).expect("compiles"),
+            "at_least_n(1)",
+        )),
+    };
+    let attempts = [
+        (
+            &leader.record,
+            weaker(&status.agent, status.term - 1),
+            "a stale term",
+        ),
+        (
+            &leader.record,
+            weaker("someone-else", status.term),
+            "another agent",
+        ),
+        (
+            &replica.record,
+            weaker(&status.agent, status.term),
+            "a standby",
+        ),
+    ];
+    for (record, request, what) in attempts {
+        let mut client = clients.get(record).expect("a client");
+        let refused = client.change_rules(request).await;
+        assert!(
+            refused.is_err(),
+            "a rule change with {what} was accepted: {refused:?}"
+        );
+    }
+    let after = cluster.watch.tablet(&settled.primary).await;
+    let after = after.status.expect("the leader's status");
+    assert_eq!(
+        (after.policy.as_str(), after.pending_policy.as_str()),
+        ("multi_zone(3)", ""),
+        "refused rule changes changed the rules"
+    );
     eprintln!(
         "policy: {down} down; blockage reported on {primary} {:?} after the policy change; resumed; {}",
         reported_at.duration_since(policy_set),
