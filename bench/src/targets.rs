@@ -117,6 +117,13 @@ impl Fleet {
         let port = crate::system::free_port()?;
         let mut config = PostgresConfig::under(&work_dir.join("direct"), port);
         config.bin_dir = pg_bin_dir.to_path_buf();
+        // This one server carries pgbench's own connections (up to 64) next to both PgBouncer
+        // pools (POOL_SIZE each, kept open between runs): more than the default 100. Tablets
+        // only ever see their pool. The setting sizes a few shared arrays; it does not change
+        // the per-query path.
+        config
+            .settings
+            .insert("max_connections".into(), "250".into());
         let server = Arc::new(PostgresServer::new(config)?);
         server.init().await?;
         let pid = server.start().await?;

@@ -26,6 +26,7 @@ use crate::sql::error::PlanError;
 use crate::sql::plan::StatementPlan;
 use crate::sql::route::Route;
 use crate::sql::shardmap::ShardIndex;
+use crate::sql::template::Template;
 
 pub(crate) use settings::Settings;
 pub(crate) use transaction::Tx;
@@ -76,6 +77,8 @@ pub(crate) struct Session {
     view: Option<Arc<KeyspaceView>>,
     /// After an error in an extended-protocol batch, messages are ignored until Sync.
     skip_to_sync: bool,
+    /// Scratch space for the literal template of simple queries (reused, never shrunk).
+    template: Template,
 }
 
 /// Tells a client over the connection limit why it is refused.
@@ -185,6 +188,7 @@ impl Session {
             held: Vec::new(),
             view: None,
             skip_to_sync: false,
+            template: Template::default(),
         };
         session.greet(secret_key);
         let result = session.serve().await;

@@ -7,8 +7,10 @@ use tessera_wire::{SqlError, extended};
 
 use super::multi::Call;
 use super::{Flow, Session};
+use crate::cluster::KeyspaceView;
 use crate::sql::plan::{StatementKind, StatementPlan, check_unparsed};
 use crate::sql::route::{Params, Route, route};
+use crate::sql::template_route;
 
 /// Statements allowed in a transaction that already failed.
 pub(super) fn allowed_in_failed_transaction(kind: &StatementKind) -> bool {
@@ -49,6 +51,13 @@ impl Session {
 
     async fn run_simple(&mut self, sql: &str) -> Result<(), SqlError> {
         let view = self.view()?;
+        if let Some(shard) = self.template_shard(sql, &view) {
+            // Exactly what planning the text would do for a single-shard data statement.
+            if self.tx.is_failed() {
+                return Err(aborted_error());
+            }
+            return self.single_simple(shard, sql).await.map(|_| ());
+        }
         let plans = match self.shared.plans.get_query(sql, &view.vschema) {
             Ok(plans) => plans,
             Err(error) => return self.run_unparsed(sql, self.plan_error(error)).await,
@@ -73,6 +82,19 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// The shard of a single-shard data statement whose constants vary (`... WHERE id = 42`),
+    /// found through its literal template without parsing the text; `None` to plan the text.
+    fn template_shard(&mut self, sql: &str, view: &KeyspaceView) -> Option<usize> {
+        if !self.template.scan(sql) {
+            return None;
+        }
+        let plan = self
+            .shared
+            .plans
+            .get_template(&self.template.text, &view.vschema)?;
+        template_route(&plan, &self.template, sql, &view.shards)
     }
 
     /// The one shard every statement routes to, if there is one and none is for the gate.

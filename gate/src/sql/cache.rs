@@ -15,6 +15,7 @@ use parking_lot::RwLock;
 
 use super::error::PlanError;
 use super::plan::{StatementPlan, plan_query, plan_statement};
+use super::template::is_routable_template;
 use super::vschema::VSchema;
 
 /// Number of independently locked parts (fewer for tiny caches).
@@ -34,12 +35,16 @@ pub struct CacheStats {
 enum Mode {
     Statement,
     Query,
+    /// A simple query's literal template (see [`super::template`]).
+    Template,
 }
 
 #[derive(Debug, Clone)]
 enum Cached {
     Statement(Arc<StatementPlan>),
     Query(Arc<[Arc<StatementPlan>]>),
+    /// `None`: the template cannot route its queries (they are planned from their text).
+    Template(Option<Arc<StatementPlan>>),
 }
 
 #[derive(Debug)]
@@ -161,6 +166,26 @@ impl PlanCache {
         let plans: Arc<[Arc<StatementPlan>]> = plan_query(sql, vschema)?.into();
         self.insert(Mode::Query, sql, &[], vschema, Cached::Query(plans.clone()));
         Ok(plans)
+    }
+
+    /// The plan of a simple query's literal template if queries of that template may be routed
+    /// with it ([`is_routable_template`]); `None` otherwise. Both answers are cached, so a
+    /// template that cannot route costs one lookup per query, not a parse.
+    pub fn get_template(&self, template: &str, vschema: &VSchema) -> Option<Arc<StatementPlan>> {
+        if let Some(Cached::Template(plan)) = self.lookup(Mode::Template, template, &[], vschema) {
+            return plan;
+        }
+        let plan = plan_statement(template, vschema)
+            .ok()
+            .filter(|plan| is_routable_template(plan));
+        self.insert(
+            Mode::Template,
+            template,
+            &[],
+            vschema,
+            Cached::Template(plan.clone()),
+        );
+        plan
     }
 
     /// Hit, miss and size counters.

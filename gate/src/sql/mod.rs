@@ -23,6 +23,7 @@ pub mod plan;
 pub mod rewrite;
 pub mod route;
 pub mod shardmap;
+pub mod template;
 pub mod vschema;
 
 #[cfg(test)]
@@ -38,4 +39,5 @@ pub use plan::{
 pub use rewrite::rewrite_insert;
 pub use route::{Params, Route, route};
 pub use shardmap::{ShardIndex, ShardMap, ShardMapError};
+pub use template::{Template, template_route};
 pub use vschema::{HashFamily, TableInfo, TableKind, VSchema};
