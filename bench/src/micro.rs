@@ -88,8 +88,8 @@ pub fn run(quick: bool) -> anyhow::Result<MicroResult> {
     }
     let allocation_lines = String::from_utf8_lossy(&output.stdout)
         .lines()
-        .filter(|line| line.starts_with("allocations:"))
-        .map(str::to_string)
+        // With --nocapture a line may begin with the test's name (`test x ... allocations: ..`).
+        .filter_map(|line| line.find("allocations:").map(|at| line[at..].to_string()))
         .collect();
     Ok(MicroResult {
         command: format!("cargo {}", args.join(" ")),

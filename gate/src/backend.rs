@@ -73,37 +73,38 @@ impl Backends {
         keyspace: &str,
         shard: ShardIndex,
     ) -> Result<PooledConn, AcquireError> {
-        let (tablet, shard_name) =
-            {
-                let view = cluster.view();
-                let keyspace_view =
-                    view.keyspaces
-                        .get(keyspace)
-                        .ok_or_else(|| AcquireError::NotServing {
-                            tablet: "?".into(),
-                            reason: format!("keyspace {keyspace} is not in the topology"),
-                            term: 0,
-                        })?;
-                let shard_name = keyspace_view.shards.name(shard).to_string();
-                let primary = cluster
-                    .primary(keyspace, &shard_name, keyspace_view.primary(shard))
+        // Resolve the source under the view guard, borrowing: no tablet-record or shard-name
+        // copies per statement (this runs once per borrowed connection).
+        let source = {
+            let view = cluster.view();
+            let keyspace_view =
+                view.keyspaces
+                    .get(keyspace)
                     .ok_or_else(|| AcquireError::NotServing {
                         tablet: "?".into(),
-                        reason: format!("shard {keyspace}/{shard_name} has no primary"),
+                        reason: format!("keyspace {keyspace} is not in the topology"),
                         term: 0,
                     })?;
-                let tablet = view.tablets.get(&primary).cloned().ok_or_else(|| {
-                    AcquireError::NotServing {
-                        tablet: primary.to_string(),
-                        reason: format!("primary of {keyspace}/{shard_name} is not registered"),
-                        term: 0,
-                    }
+            let shard_name = keyspace_view.shards.name(shard);
+            let primary = cluster
+                .primary(keyspace, shard_name, keyspace_view.primary(shard))
+                .ok_or_else(|| AcquireError::NotServing {
+                    tablet: "?".into(),
+                    reason: format!("shard {keyspace}/{shard_name} has no primary"),
+                    term: 0,
                 })?;
-                (tablet, shard_name)
-            };
-        let source = self.source(&tablet);
+            let tablet = view
+                .tablets
+                .get(&primary)
+                .ok_or_else(|| AcquireError::NotServing {
+                    tablet: primary.to_string(),
+                    reason: format!("primary of {keyspace}/{shard_name} is not registered"),
+                    term: 0,
+                })?;
+            self.source(tablet)
+        };
         source.acquire().await.map_err(|error| {
-            tracing::debug!(%error, keyspace, shard = %shard_name, tablet = %tablet.id, "acquire failed");
+            tracing::debug!(%error, keyspace, shard, "acquire failed");
             error
         })
     }

@@ -126,6 +126,9 @@ pub struct ServerConn {
     pub tx_status: TxStatus,
     /// Set when the connection's protocol state is unknown; it must not be reused.
     pub broken: bool,
+    /// Set by a user once it has looked at `server_params` (they never change for a
+    /// connection), so later borrowers can skip comparing them.
+    pub params_reported: bool,
     pub created: Instant,
 }
 
@@ -164,6 +167,7 @@ impl ServerConn {
             settings: Vec::new(),
             tx_status: TxStatus::Idle,
             broken: false,
+            params_reported: false,
             created: Instant::now(),
         };
         conn.authenticate(config).await?;

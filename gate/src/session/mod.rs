@@ -79,7 +79,13 @@ pub(crate) struct Session {
     skip_to_sync: bool,
     /// Scratch space for the literal template of simple queries (reused, never shrunk).
     template: Template,
+    /// Empty batch queues of released connections, reused by the next `hold`.
+    /// Invariant: every entry is empty; at most `MAX_SPARE_BATCHES`.
+    spare_batches: Vec<Batch>,
 }
+
+/// Spare batch queues a session keeps (one per shard it commonly uses at once).
+const MAX_SPARE_BATCHES: usize = 2;
 
 /// Tells a client over the connection limit why it is refused.
 pub(crate) async fn refuse(stream: &mut PgStream, shared: &Shared) {
@@ -189,6 +195,7 @@ impl Session {
             view: None,
             skip_to_sync: false,
             template: Template::default(),
+            spare_batches: Vec::new(),
         };
         session.greet(secret_key);
         let result = session.serve().await;
@@ -339,8 +346,12 @@ impl Session {
             .acquire(&self.shared.cluster, &self.keyspace, shard)
             .await
             .map_err(|error| error.to_sql_error())?;
-        self.remember_server_params(&conn);
-        let mut batch = Batch::default();
+        if !conn.params_reported {
+            self.remember_server_params(&conn);
+            conn.params_reported = true;
+        }
+        // Reuse the queue of an earlier borrow: no allocation per statement.
+        let mut batch = self.spare_batches.pop().unwrap_or_default();
         self.settings.sync(&mut conn, &mut batch);
         let in_transaction = self.tx.is_open();
         if in_transaction {
@@ -435,9 +446,20 @@ impl Session {
     }
 
     fn forget_running(&self, conn: &ServerConn) {
+        // The backend's process id and random 32-bit secret key identify it; comparing them
+        // rather than targets (socket paths, compared component by component) keeps this off
+        // the per-statement profile.
         self.cancel
             .lock_running()
-            .retain(|r| !(r.process_id == conn.process_id && r.target == conn.target));
+            .retain(|r| !(r.process_id == conn.process_id && r.secret_key == conn.secret_key));
+    }
+
+    /// Keeps the (empty) queue of a released connection for the next borrow.
+    fn recycle(&mut self, mut batch: Batch) {
+        if batch.is_empty() && self.spare_batches.len() < MAX_SPARE_BATCHES {
+            batch.injected.clear();
+            self.spare_batches.push(batch);
+        }
     }
 
     /// Outside a transaction, gives back every connection whose work is done.
@@ -454,6 +476,7 @@ impl Session {
             {
                 let held = self.held.swap_remove(index);
                 self.forget_running(&held.conn);
+                self.recycle(held.batch);
             } else {
                 index += 1;
             }
