@@ -69,12 +69,12 @@ pub fn write_into(path: &Path, generated: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
-fn measurements<'a>(
-    records: &'a [Record],
+fn measurements(
+    records: &[Record],
     workload: Workload,
     clients: u32,
     kind: Kind,
-) -> impl Iterator<Item = &'a Record> {
+) -> impl Iterator<Item = &Record> {
     records
         .iter()
         .filter(move |r| r.workload == workload && r.clients == clients && r.target == kind)

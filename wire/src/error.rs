@@ -55,8 +55,7 @@ impl SqlError {
     /// Parses the body of an ErrorResponse (or NoticeResponse).
     pub fn from_body(body: &[u8]) -> SqlError {
         let mut error = SqlError::new("XX000", "");
-        let mut fields = body.split(|b| *b == 0);
-        while let Some(field) = fields.next() {
+        for field in body.split(|b| *b == 0) {
             let Some((&kind, value)) = field.split_first() else {
                 break;
             };

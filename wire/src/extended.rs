@@ -59,6 +59,8 @@ pub struct Parse<'a> {
 }
 
 impl<'a> Parse<'a> {
+    // `Parse::parse` reads a Parse message; the name is the protocol's, not a builder's.
+    #[allow(clippy::self_named_constructors)]
     pub fn parse(body: &'a [u8]) -> Result<Self, WireError> {
         let mut pos = 0;
         let name = utf8(cstr(body, &mut pos, "Parse")?, "Parse")?;

@@ -489,10 +489,9 @@ impl Session {
     /// The client went away: roll back whatever is open on the servers.
     async fn abandon_transaction(&mut self) {
         for held in &mut self.held {
-            if held.conn.tx_status != TxStatus::Idle {
-                if held.conn.simple("ROLLBACK").await.is_err() {
-                    held.conn.discard();
-                }
+            if held.conn.tx_status != TxStatus::Idle && held.conn.simple("ROLLBACK").await.is_err()
+            {
+                held.conn.discard();
             }
         }
         self.held.clear();

@@ -198,7 +198,7 @@ fn number_end(bytes: &[u8], start: usize) -> (usize, LiteralKind) {
     while bytes.get(end).is_some_and(u8::is_ascii_digit) {
         end += 1;
     }
-    if bytes.get(end) == Some(&b'.') && !bytes.get(end + 1).is_some_and(|b| *b == b'.') {
+    if bytes.get(end) == Some(&b'.') && bytes.get(end + 1).is_none_or(|b| *b != b'.') {
         kind = LiteralKind::Number;
         end += 1;
         while bytes.get(end).is_some_and(u8::is_ascii_digit) {
