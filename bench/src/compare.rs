@@ -17,7 +17,7 @@ use crate::pgbouncer::{self, PoolMode};
 use crate::report;
 use crate::schema;
 use crate::system::{self, Account, Machine};
-use crate::targets::{Fleet, Kind, Target};
+use crate::targets::{Fleet, Kind, POOL_SIZE, Target};
 use crate::workload::{self, Workload};
 
 #[derive(Debug, Clone, Args)]
@@ -298,15 +298,20 @@ async fn start(
             Kind::Direct => {}
             Kind::PgBouncer { session } => {
                 eprintln!("starting {}", kind.label());
-                let mode = if session {
-                    PoolMode::Session
+                // A session holds its server connection for its whole life, so session mode
+                // serves N concurrent clients only with N server connections: with fewer,
+                // the rest wait until query_wait_timeout (120 s) and pgbench aborts.
+                let (mode, pool_size) = if session {
+                    let most_clients = settings.clients.iter().copied().max().unwrap_or(16);
+                    (PoolMode::Session, POOL_SIZE.max(most_clients as usize))
                 } else {
-                    PoolMode::Transaction
+                    (PoolMode::Transaction, POOL_SIZE)
                 };
                 fleet
                     .start_pgbouncer(
                         work_dir,
                         mode,
+                        pool_size,
                         settings.idle_clients + 1000,
                         account.as_ref(),
                     )

@@ -59,7 +59,7 @@ impl Kind {
                 format!("pgbench -> PgBouncer, transaction mode, pool {POOL_SIZE} -> same PostgreSQL (unix socket)")
             }
             Kind::PgBouncer { session: true } => {
-                "pgbench -> PgBouncer, session mode -> same PostgreSQL (unix socket); only for -M prepared, which transaction mode cannot serve".into()
+                "pgbench -> PgBouncer, session mode, pool sized to the largest client count -> same PostgreSQL (unix socket); only for -M prepared, which transaction mode cannot serve".into()
             }
             Kind::Tessera { shards, replicas } => format!(
                 "pgbench -> gate -> in-process tablet pool (pool {POOL_SIZE} per tablet, unix socket) -> {shards} shard(s) x {replicas} tablet(s), own PostgreSQL 15 each{}",
@@ -118,7 +118,7 @@ impl Fleet {
         let mut config = PostgresConfig::under(&work_dir.join("direct"), port);
         config.bin_dir = pg_bin_dir.to_path_buf();
         // This one server carries pgbench's own connections (up to 64) next to both PgBouncer
-        // pools (POOL_SIZE each, kept open between runs): more than the default 100. Tablets
+        // pools (POOL_SIZE and up to 64, kept open between runs): more than the default 100. Tablets
         // only ever see their pool. The setting sizes a few shared arrays; it does not change
         // the per-query path.
         config
@@ -143,6 +143,7 @@ impl Fleet {
         &mut self,
         work_dir: &Path,
         mode: PoolMode,
+        pool_size: usize,
         max_clients: usize,
         account: Option<&Account>,
     ) -> anyhow::Result<Target> {
@@ -154,7 +155,7 @@ impl Fleet {
         let bouncer = PgBouncer::start(
             &pgbouncer::dir_for(work_dir, mode),
             mode,
-            POOL_SIZE,
+            pool_size,
             max_clients,
             &Upstream {
                 socket_dir: &config.socket_dir,
