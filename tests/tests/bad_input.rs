@@ -149,6 +149,15 @@ async fn client_mistakes_get_precise_sqlstates_and_the_gate_keeps_serving() {
     cluster.stop().await;
 }
 
+/// Starts a cluster that must fail, and returns its error message.
+async fn start_error(options: tessera_cli::up::UpOptions) -> String {
+    LocalCluster::start(options)
+        .await
+        .err()
+        .expect("must fail")
+        .to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clusters_that_cannot_start_say_why_in_one_line() {
     tessera_tests::init_tracing();
@@ -157,11 +166,7 @@ async fn clusters_that_cannot_start_say_why_in_one_line() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let mut options = test_options(dir.path(), 1, 1);
     options.gate_port = taken.local_addr().unwrap().port();
-    let error = LocalCluster::start(options)
-        .await
-        .err()
-        .expect("must fail")
-        .to_string();
+    let error = start_error(options).await;
     assert!(
         error.contains("already in use") && error.contains("gate"),
         "{error}"
@@ -172,11 +177,7 @@ async fn clusters_that_cannot_start_say_why_in_one_line() {
     let dir = temp_dir();
     let mut options = test_options(dir.path(), 1, 1);
     options.pg_bin_dir = "/nonexistent/pg/bin".into();
-    let error = LocalCluster::start(options)
-        .await
-        .err()
-        .expect("must fail")
-        .to_string();
+    let error = start_error(options).await;
     assert!(
         error.contains("/nonexistent/pg/bin/initdb") && error.contains("not found"),
         "{error}"
@@ -189,11 +190,7 @@ async fn clusters_that_cannot_start_say_why_in_one_line() {
     std::fs::write(&file, b"x").unwrap();
     let mut options = test_options(dir.path(), 1, 1);
     options.data_dir = file.join("data");
-    let error = LocalCluster::start(options)
-        .await
-        .err()
-        .expect("must fail")
-        .to_string();
+    let error = start_error(options).await;
     assert!(
         error.contains("not writable") && error.contains("plain-file"),
         "{error}"
@@ -205,11 +202,7 @@ async fn clusters_that_cannot_start_say_why_in_one_line() {
     let options = test_options(dir.path(), 1, 1);
     let pg_port = options.base_port.unwrap();
     let blocker = std::net::TcpListener::bind(("127.0.0.1", pg_port)).unwrap();
-    let error = LocalCluster::start(options)
-        .await
-        .err()
-        .expect("must fail")
-        .to_string();
+    let error = start_error(options).await;
     assert!(
         error.contains(&pg_port.to_string()) && error.contains("in use"),
         "{error}"
