@@ -179,6 +179,13 @@ pub async fn run(
             .find(|t| t.record.id == id.as_str())
             .map(|t| &t.record)
     };
+    // A client of one of the change's tablets.
+    let client_of = |id: &NodeId| {
+        let target = record(id).ok_or_else(|| ChangeError::Step(format!("unknown tablet {id}")))?;
+        clients
+            .get(target)
+            .map_err(|e| ChangeError::Step(e.to_string()))
+    };
     let stamp = Stamp {
         term: term.0,
         agent: agent.as_str().to_string(),
@@ -337,15 +344,9 @@ pub async fn run(
                 up_to,
                 ..
             } => {
-                let (Some(target), Some(source_record)) = (record(&candidate), record(&source))
-                else {
-                    return Err(ChangeError::Step(format!(
-                        "unknown tablet {candidate} or {source}"
-                    )));
-                };
-                let mut client = clients
-                    .get(target)
-                    .map_err(|e| ChangeError::Step(e.to_string()))?;
+                let source_record = record(&source)
+                    .ok_or_else(|| ChangeError::Step(format!("unknown tablet {source}")))?;
+                let mut client = client_of(&candidate)?;
                 let position = call(
                     timeouts.catch_up,
                     "catch up",
@@ -366,11 +367,7 @@ pub async fn run(
                     .map_err(ChangeError::Core)?
             }
             Command::Promote { candidate, .. } => {
-                let target = record(&candidate)
-                    .ok_or_else(|| ChangeError::Step(format!("unknown tablet {candidate}")))?;
-                let mut client = clients
-                    .get(target)
-                    .map_err(|e| ChangeError::Step(e.to_string()))?;
+                let mut client = client_of(&candidate)?;
                 call(
                     timeouts.promote,
                     "promote",
@@ -442,11 +439,7 @@ pub async fn run(
                 Vec::new()
             }
             Command::Establish { candidate, .. } => {
-                let target = record(&candidate)
-                    .ok_or_else(|| ChangeError::Step(format!("unknown tablet {candidate}")))?;
-                let mut client = clients
-                    .get(target)
-                    .map_err(|e| ChangeError::Step(e.to_string()))?;
+                let mut client = client_of(&candidate)?;
                 let position = call(
                     timeouts.establish,
                     "establish",
@@ -465,11 +458,7 @@ pub async fn run(
                     .map_err(ChangeError::Core)?
             }
             Command::Delegate { candidate, .. } => {
-                let target = record(&candidate)
-                    .ok_or_else(|| ChangeError::Step(format!("unknown tablet {candidate}")))?;
-                let mut client = clients
-                    .get(target)
-                    .map_err(|e| ChangeError::Step(e.to_string()))?;
+                let mut client = client_of(&candidate)?;
                 call(
                     timeouts.delegate,
                     "delegate",

@@ -4,7 +4,7 @@
 //! |---|---|
 //! | NoPrimary, DeadPrimary, UnreachablePrimary, UnresponsivePrimary | failover: a leadership change in a new term |
 //! | Unestablished | a leadership change that keeps the bootstrap primary (term 1) |
-//! | PolicyMismatch | the leader changes its rules as a request in its own term (both rulesets until the change is durable); a leadership change with the new ruleset when there is no leader |
+//! | PolicyMismatch | the leader changes its rules as a request in its own term (both rulesets until the change is durable) |
 //! | ForeignTerm | a leadership change that keeps the leader (only a new term reaches the tablet) |
 //! | StalePrimary, ReplicaNotReplicating | repoint the tablet at the leader, in the leader's term |
 //! | DurabilityBlocked, Quarantined | none: reported (metrics, logs, `tessera status`) |
@@ -31,30 +31,26 @@ pub enum RecoveryError {
 /// The change that fixes a primary problem.
 pub fn change_spec(keyspace: &str, shard: &ShardView, problem: &Problem) -> ChangeSpec {
     let leader = shard.leader().map(|t| t.record.id.clone());
-    let (new_policy, candidate) = match problem {
-        Problem::Unestablished { tablet } => (None, Some(tablet.clone())),
-        Problem::PolicyMismatch { wanted, .. } => (Some(wanted.clone()), leader.clone()),
-        Problem::ForeignTerm { .. } => (None, leader.clone()),
-        _ => (None, None),
+    let candidate = match problem {
+        Problem::Unestablished { tablet } => Some(tablet.clone()),
+        Problem::ForeignTerm { .. } => leader.clone(),
+        _ => None,
     };
-    // Rules in force are those the leader runs (the topology may already want new ones).
-    let running = shard
+    // Rules in force are those a leader runs (the topology may already want new ones); with
+    // no leader, the topology's.
+    let policy = shard
         .leader()
         .and_then(|t| t.status.as_ref())
         .map(|s| s.policy.clone())
-        .filter(|p| !p.is_empty());
-    let policy = match problem {
-        Problem::PolicyMismatch { running, .. } => running.clone(),
-        Problem::ForeignTerm { .. } => running.unwrap_or_else(|| shard.record.policy.clone()),
-        _ => shard.record.policy.clone(),
-    };
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| shard.record.policy.clone());
     ChangeSpec {
         keyspace: keyspace.to_string(),
         shard: shard.record.name.clone(),
         policy,
         believed_primary: leader.or_else(|| shard.record.primary.clone()),
         tablets: shard.tablets.clone(),
-        new_policy,
+        new_policy: None,
         candidate,
         min_term: shard.highest_term(),
     }
@@ -71,7 +67,8 @@ pub async fn recover(
     timeouts: &Timeouts,
 ) -> Result<Option<ChangeOutcome>, RecoveryError> {
     match problem {
-        Problem::PolicyMismatch { wanted, .. } if shard.leader().is_some() => {
+        // Named only while a leader serves (`analyse`): the leader changes its own rules.
+        Problem::PolicyMismatch { wanted, .. } => {
             change_rules_on_leader(clients, shard, wanted, timeouts.repoint).await?;
             Ok(None)
         }
@@ -80,7 +77,6 @@ pub async fn recover(
         | Problem::UnreachablePrimary { .. }
         | Problem::UnresponsivePrimary { .. }
         | Problem::Unestablished { .. }
-        | Problem::PolicyMismatch { .. }
         | Problem::ForeignTerm { .. } => {
             let spec = change_spec(keyspace, shard, problem);
             Ok(Some(

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use prost::Message;
 use tessera_consensus::{
     ActiveRules, AgentId, LogPosition, LogSummary, NodeId, NodeState, NodeStep, Refusal, Ruleset,
-    Term,
+    SyncStandbyNames, Term,
 };
 use tessera_proto::schema::LAST_TERMS;
 use tessera_proto::tablet as pb;
@@ -179,6 +179,14 @@ impl ConsensusState {
     }
 }
 
+/// A ruleset as `tessera.terms` stores it (protobuf), decoded and validated.
+fn decode_ruleset(bytes: &[u8], which: &str) -> Result<Ruleset, ConsensusError> {
+    let wire = pb::Ruleset::decode(bytes)
+        .map_err(|e| ConsensusError::Query(format!("undecodable ruleset {which}: {e}")))?;
+    Ruleset::try_from(&wire)
+        .map_err(|e| ConsensusError::Query(format!("invalid ruleset {which}: {e}")))
+}
+
 /// A stamp from the wire, validated.
 #[derive(Debug, Clone)]
 pub struct Stamp {
@@ -223,6 +231,13 @@ pub fn peer_source(
 impl Tablet {
     fn node_id(&self) -> NodeId {
         NodeId::new(self.id()).expect("tablet ids are valid node ids (validated in config)")
+    }
+
+    /// `synchronous_standby_names` that enforces `rules` with this tablet as primary.
+    fn standby_names(&self, rules: &ActiveRules) -> Result<SyncStandbyNames, ConsensusError> {
+        rules.to_postgres(&self.node_id()).map_err(|e| {
+            ConsensusError::Precondition(format!("rules cannot be enforced by PostgreSQL: {e}"))
+        })
     }
 
     /// Admits a stamped request. A newer term makes this node step down at once and persist
@@ -368,12 +383,7 @@ impl Tablet {
         for row in &rows {
             let term: i64 = row.get(0);
             let bytes: Vec<u8> = row.get(2);
-            let wire = pb::Ruleset::decode(bytes.as_slice()).map_err(|e| {
-                ConsensusError::Query(format!("undecodable ruleset of term {term}: {e}"))
-            })?;
-            let ruleset = Ruleset::try_from(&wire).map_err(|e| {
-                ConsensusError::Query(format!("invalid ruleset of term {term}: {e}"))
-            })?;
+            let ruleset = decode_ruleset(&bytes, &format!("of term {term}"))?;
             entries.push((term as u64, ruleset));
         }
         let last_term = entries.first().map(|(t, _)| *t).unwrap_or(0);
@@ -590,9 +600,7 @@ impl Tablet {
         for ruleset in &rulesets[1..] {
             active.push(ruleset.clone());
         }
-        let names = active.to_postgres(&self.node_id()).map_err(|e| {
-            ConsensusError::Precondition(format!("rules cannot be enforced by PostgreSQL: {e}"))
-        })?;
+        let names = self.standby_names(&active)?;
         if !names.is_exact() {
             tracing::info!(tablet = %self.id(), setting = %names, "synchronous_standby_names is stricter than the policy (no exact ANY k form)");
         }
@@ -676,24 +684,14 @@ impl Tablet {
             .map_err(|e| ConsensusError::Query(format!("reading the running rules: {e}")))?;
         let running_bytes: Vec<u8> = row.get(0);
         let seq: i32 = row.get(1);
-        let running = pb::Ruleset::decode(running_bytes.as_slice())
-            .map_err(|e| ConsensusError::Query(format!("undecodable running ruleset: {e}")))
-            .and_then(|wire| {
-                Ruleset::try_from(&wire).map_err(|e| ConsensusError::Query(e.to_string()))
-            })?;
+        let running = decode_ruleset(&running_bytes, "in force")?;
         if running == new_ruleset {
             return Ok(new.policy.clone());
         }
         let mut both = ActiveRules::new(running);
         both.push(new_ruleset.clone());
-        let names = both.to_postgres(&self.node_id()).map_err(|e| {
-            ConsensusError::Precondition(format!("rules cannot be enforced by PostgreSQL: {e}"))
-        })?;
-        let target = ActiveRules::new(new_ruleset)
-            .to_postgres(&self.node_id())
-            .map_err(|e| {
-                ConsensusError::Precondition(format!("rules cannot be enforced by PostgreSQL: {e}"))
-            })?;
+        let names = self.standby_names(&both)?;
+        let target = self.standby_names(&ActiveRules::new(new_ruleset))?;
         // Both rulesets from this commit on: never weaker than either while the change is open.
         self.postgres()
             .set_synchronous_standby_names(&names.setting())
