@@ -264,6 +264,27 @@ async fn plant_local_only_row(cluster: &HaCluster, tablet: &str, table: &str) {
     }
 }
 
+/// Heals the old primary's proxy, then checks the outcome of a cut: nothing it acknowledged
+/// after `cut_at`, and it rejoined as a standby through a rewind. Returns the writes' history.
+async fn heal_and_check_rejoin(
+    cluster: &HaCluster,
+    workload: Workload,
+    old_primary: &str,
+    old_port: u16,
+    cut_at: Instant,
+    what: &str,
+) -> History {
+    cluster.proxies[old_primary].heal();
+    let (history, after) = finish(cluster, workload).await;
+    assert_no_acknowledgement_from(cluster, &history, old_port, cut_at, what).await;
+    assert!(
+        after.replicas.iter().any(|r| r == old_primary),
+        "the old primary {old_primary} did not rejoin as a standby: {after:?}"
+    );
+    assert_rewound(cluster, old_primary).await;
+    history
+}
+
 /// Fails unless a coordinator repointed `tablet` with a rewind (its WAL had diverged).
 async fn assert_rewound(cluster: &HaCluster, tablet: &str) {
     let lines = log_lines_containing(&format!("tablet={tablet}"));
@@ -317,16 +338,15 @@ async fn a_partitioned_primary_acknowledges_nothing_and_rejoins_by_rewind_after_
         "the isolated primary is in term {isolated_term}, the new one in {term}"
     );
 
-    cluster.proxies[&before.primary].heal();
-    let (history, after) = finish(&cluster, workload).await;
-    assert_no_acknowledgement_from(&cluster, &history, old_port, cut_at, "the partition began")
-        .await;
-    assert!(
-        after.replicas.contains(&before.primary),
-        "the old primary {} did not rejoin as a standby: {after:?}",
-        before.primary
-    );
-    assert_rewound(&cluster, &before.primary).await;
+    let history = heal_and_check_rejoin(
+        &cluster,
+        workload,
+        &before.primary,
+        old_port,
+        cut_at,
+        "the partition began",
+    )
+    .await;
     eprintln!(
         "partition: {} isolated; {primary} leads term {term}; {}",
         before.primary,
@@ -391,16 +411,15 @@ async fn an_old_primary_with_unreplicated_commits_comes_back_after_failover_and_
     cluster.watch.check("writes on the new primary", more).await;
 
     // It comes back.
-    cluster.proxies[&before.primary].heal();
-    let (history, after) = finish(&cluster, workload).await;
-    assert_no_acknowledgement_from(&cluster, &history, old_port, cut_at, "replication was cut")
-        .await;
-    assert!(
-        after.replicas.contains(&before.primary),
-        "the old primary {} did not rejoin as a standby: {after:?}",
-        before.primary
-    );
-    assert_rewound(&cluster, &before.primary).await;
+    let history = heal_and_check_rejoin(
+        &cluster,
+        workload,
+        &before.primary,
+        old_port,
+        cut_at,
+        "replication was cut",
+    )
+    .await;
     eprintln!(
         "comeback: {} came back; {primary} leads term {term}; {}",
         before.primary,
