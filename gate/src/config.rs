@@ -33,6 +33,11 @@ pub struct GateConfig {
     pub backend_acquire_timeout_ms: u64,
     /// Distinct statements kept in the plan cache.
     pub plan_cache_entries: usize,
+    /// Run simple-protocol queries whose constants sit where a bound parameter means the same
+    /// (`... WHERE id = 42`, `INSERT ... VALUES (...)`) as their template prepared on the
+    /// server, so PostgreSQL skips parse and plan; outside explicit transactions only (see
+    /// docs/gate.md). `false` sends every simple query as text.
+    pub prepare_simple_queries: bool,
     /// How long a query to a shard that is changing primaries is held before failing.
     pub buffer_window_ms: u64,
     /// Queries held at once across all shards while buffering; beyond this they fail at once.
@@ -58,6 +63,7 @@ impl Default for GateConfig {
             backend_pool_size: 32,
             backend_acquire_timeout_ms: 5_000,
             plan_cache_entries: 10_000,
+            prepare_simple_queries: true,
             buffer_window_ms: 10_000,
             buffer_max_queries: 10_000,
             twopc_recovery_interval_ms: 5_000,

@@ -12,7 +12,7 @@
 use std::collections::VecDeque;
 use std::io;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::error::SqlError;
 use crate::extended::Bind;
@@ -34,6 +34,9 @@ pub enum Reply {
     DescribeStatement,
     /// RowDescription or NoData.
     DescribePortal,
+    /// RowDescription or NoData of a simple query run as a prepared statement: NoData is never
+    /// forwarded, because the simple protocol has no such message.
+    DescribeRows,
     /// DataRows / COPY data, then CommandComplete, EmptyQueryResponse or PortalSuspended.
     Execute,
     /// Everything a simple query produces, up to and including ReadyForQuery.
@@ -50,7 +53,10 @@ impl Reply {
             (Reply::ParseComplete, PARSE_COMPLETE)
             | (Reply::BindComplete, BIND_COMPLETE)
             | (Reply::CloseComplete, CLOSE_COMPLETE)
-            | (Reply::DescribeStatement | Reply::DescribePortal, ROW_DESCRIPTION | NO_DATA)
+            | (
+                Reply::DescribeStatement | Reply::DescribePortal | Reply::DescribeRows,
+                ROW_DESCRIPTION | NO_DATA,
+            )
             | (Reply::Execute, COMMAND_COMPLETE | EMPTY_QUERY | PORTAL_SUSPENDED) => Some(true),
             (Reply::DescribeStatement, PARAMETER_DESCRIPTION)
             | (Reply::Execute, DATA_ROW | COPY_OUT | COPY_DATA | COPY_DONE | COPY_IN) => {
@@ -165,6 +171,47 @@ impl Batch {
     pub fn raw(&mut self, conn: &mut ServerConn, frame: &[u8], reply: Reply, forward: bool) {
         conn.stream.write_buf.extend_from_slice(frame);
         self.push_reply(reply, forward);
+    }
+
+    /// A simple query run as `statement` with text parameters (Parse if the connection lacks
+    /// it, Bind, Describe, Execute, Sync). The client sees what the simple query would have
+    /// produced: RowDescription (if any), DataRows, CommandComplete. `write_param(i, out)`
+    /// appends the text of parameter `i`; `None` parameters are not supported here.
+    pub fn query_prepared(
+        &mut self,
+        conn: &mut ServerConn,
+        statement: &Statement,
+        mut write_param: impl FnMut(usize, &mut BytesMut),
+    ) {
+        self.prepare(conn, statement, false);
+        let out = &mut conn.stream.write_buf;
+        let start = message::begin(out, frontend::BIND);
+        message::put_cstr(out, b"");
+        message::put_cstr(out, statement.name.as_bytes());
+        out.put_i16(0); // every parameter in text format
+        out.put_i16(statement.param_types.len() as i16);
+        for index in 0..statement.param_types.len() {
+            let length_at = out.len();
+            out.put_i32(0);
+            write_param(index, out);
+            let length = (out.len() - length_at - 4) as i32;
+            out[length_at..length_at + 4].copy_from_slice(&length.to_be_bytes());
+        }
+        out.put_i16(0); // every result column in text format, as the simple protocol sends
+        message::finish(out, start);
+        self.queue.push_back(Expect::Swallow(Reply::BindComplete));
+        message::describe_or_close(out, frontend::DESCRIBE, b'P', "");
+        self.queue.push_back(Expect::Forward(Reply::DescribeRows));
+        message::execute(out, "", 0);
+        self.queue.push_back(Expect::Forward(Reply::Execute));
+        self.sync(conn);
+    }
+
+    /// Forgets `key` on `conn` and closes it on the server before the next use (a statement
+    /// the server can no longer run, e.g. after DDL changed its result type).
+    pub fn forget_statement(&mut self, conn: &mut ServerConn, key: u64) {
+        conn.prepared.remove(key);
+        conn.prepared.to_close.push(key);
     }
 
     /// A simple query. With `forward` false its results are consumed silently (control SQL).
@@ -417,7 +464,7 @@ async fn pump_answers(
                         crate::socket::printable(tag)
                     ))
                 })?;
-                if forward {
+                if forward && !(reply == Reply::DescribeRows && tag == backend::NO_DATA) {
                     outcome.forwarded_any = true;
                     sink.put(conn, tag, len);
                 } else {

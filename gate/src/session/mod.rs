@@ -79,6 +79,10 @@ pub(crate) struct Session {
     skip_to_sync: bool,
     /// Scratch space for the literal template of simple queries (reused, never shrunk).
     template: Template,
+    /// Parameter types of the current template's constants (scratch, reused).
+    bind_types: Vec<u32>,
+    /// Server statements of bound simple queries, by content key (see `simple::single_bound`).
+    bound: HashMap<u64, Arc<Statement>>,
     /// Empty batch queues of released connections, reused by the next `hold`.
     /// Invariant: every entry is empty; at most `MAX_SPARE_BATCHES`.
     spare_batches: Vec<Batch>,
@@ -195,6 +199,8 @@ impl Session {
             view: None,
             skip_to_sync: false,
             template: Template::default(),
+            bind_types: Vec::new(),
+            bound: HashMap::new(),
             spare_batches: Vec::new(),
         };
         session.greet(secret_key);

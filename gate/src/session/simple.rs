@@ -3,14 +3,15 @@
 use std::sync::Arc;
 
 use tessera_wire::relay::RelayError;
-use tessera_wire::{SqlError, extended};
+use tessera_wire::statement::statement_key;
+use tessera_wire::{SqlError, Statement, extended};
 
 use super::multi::Call;
 use super::{Flow, Session};
 use crate::cluster::KeyspaceView;
 use crate::sql::plan::{StatementKind, StatementPlan, check_unparsed};
 use crate::sql::route::{Params, Route, route};
-use crate::sql::template_route;
+use crate::sql::{TemplatePlan, template_route};
 
 /// Statements allowed in a transaction that already failed.
 pub(super) fn allowed_in_failed_transaction(kind: &StatementKind) -> bool {
@@ -18,6 +19,18 @@ pub(super) fn allowed_in_failed_transaction(kind: &StatementKind) -> bool {
         kind,
         StatementKind::Commit | StatementKind::Rollback | StatementKind::Savepoint
     )
+}
+
+/// Server statements a session remembers for its bound simple queries (then it starts over).
+const MAX_BOUND_STATEMENTS: usize = 64;
+
+/// PostgreSQL's refusal to run a prepared statement whose result type changed since it was
+/// prepared (e.g. `SELECT *` after `ALTER TABLE ... ADD COLUMN`).
+fn is_stale_plan(error: &SqlError) -> bool {
+    error.code == "0A000"
+        && error
+            .message
+            .starts_with("cached plan must not change result type")
 }
 
 pub(super) fn aborted_error() -> SqlError {
@@ -51,10 +64,19 @@ impl Session {
 
     async fn run_simple(&mut self, sql: &str) -> Result<(), SqlError> {
         let view = self.view()?;
-        if let Some(shard) = self.template_shard(sql, &view) {
+        if let Some((shard, template)) = self.template_shard(sql, &view) {
             // Exactly what planning the text would do for a single-shard data statement.
             if self.tx.is_failed() {
                 return Err(aborted_error());
+            }
+            // Outside a transaction a bound run can always fall back to the text (below).
+            if self.shared.config.prepare_simple_queries
+                && !self.tx.is_open()
+                && self
+                    .template
+                    .bind_types(sql, &template.bindable, &mut self.bind_types)
+            {
+                return self.single_bound(shard, &template, sql).await.map(|_| ());
             }
             return self.single_simple(shard, sql).await.map(|_| ());
         }
@@ -86,7 +108,11 @@ impl Session {
 
     /// The shard of a single-shard data statement whose constants vary (`... WHERE id = 42`),
     /// found through its literal template without parsing the text; `None` to plan the text.
-    fn template_shard(&mut self, sql: &str, view: &KeyspaceView) -> Option<usize> {
+    fn template_shard(
+        &mut self,
+        sql: &str,
+        view: &KeyspaceView,
+    ) -> Option<(usize, Arc<TemplatePlan>)> {
         if !self.template.scan(sql) {
             return None;
         }
@@ -94,7 +120,65 @@ impl Session {
             .shared
             .plans
             .get_template(&self.template.text, &view.vschema)?;
-        template_route(&plan, &self.template, sql, &view.shards)
+        let shard = template_route(&plan, &self.template, sql, &view.shards)?;
+        Some((shard, plan))
+    }
+
+    /// Runs the query on `shard` as its template prepared on the server and bound to the
+    /// query's constants (types already in `bind_types`): PostgreSQL skips parse and plan. The
+    /// client sees the simple query's answer. If the server's cached plan went stale (DDL
+    /// changed the result type), the statement is dropped and the text runs instead, which is
+    /// safe because no transaction is open and the error came before any result.
+    async fn single_bound(
+        &mut self,
+        shard: usize,
+        template: &TemplatePlan,
+        sql: &str,
+    ) -> Result<bool, SqlError> {
+        let statement = self.bound_statement(template);
+        let index = self.hold(shard).await?;
+        // Anything pending goes out first, so a stale-plan error can be taken back below.
+        self.client
+            .flush()
+            .await
+            .map_err(|e| SqlError::fatal("08006", format!("client connection lost: {e}")))?;
+        let held = &mut self.held[index];
+        let scanned = &self.template;
+        held.batch
+            .query_prepared(&mut held.conn, &statement, |i, out| {
+                scanned.write_value(sql, i, out)
+            });
+        let outcome = self.pump(index).await?;
+        if let Some(error) = &outcome.error
+            && is_stale_plan(error)
+            && self.client.write_buf.first() == Some(&tessera_wire::message::backend::ERROR)
+        {
+            self.client.write_buf.clear();
+            if let Some(held) = self.held.iter_mut().find(|h| h.shard == shard) {
+                held.batch.forget_statement(&mut held.conn, statement.key);
+            }
+            self.bound.remove(&statement.key);
+            metrics::counter!("tessera_gate_stale_prepared_total").increment(1);
+            return self.single_simple(shard, sql).await;
+        }
+        Ok(outcome.error.is_none())
+    }
+
+    /// The server statement for `template` with the parameter types in `bind_types`.
+    fn bound_statement(&mut self, template: &TemplatePlan) -> Arc<Statement> {
+        let key = statement_key(&template.plan.sql, &self.bind_types);
+        if let Some(statement) = self.bound.get(&key) {
+            return statement.clone();
+        }
+        if self.bound.len() >= MAX_BOUND_STATEMENTS {
+            self.bound.clear();
+        }
+        let statement = Arc::new(Statement::new(
+            template.plan.sql.clone(),
+            self.bind_types.clone(),
+        ));
+        self.bound.insert(key, statement.clone());
+        statement
     }
 
     /// The one shard every statement routes to, if there is one and none is for the gate.

@@ -15,7 +15,7 @@ use parking_lot::RwLock;
 
 use super::error::PlanError;
 use super::plan::{StatementPlan, plan_query, plan_statement};
-use super::template::is_routable_template;
+use super::template::{TemplatePlan, is_routable_template};
 use super::vschema::VSchema;
 
 /// Number of independently locked parts (fewer for tiny caches).
@@ -44,7 +44,7 @@ enum Cached {
     Statement(Arc<StatementPlan>),
     Query(Arc<[Arc<StatementPlan>]>),
     /// `None`: the template cannot route its queries (they are planned from their text).
-    Template(Option<Arc<StatementPlan>>),
+    Template(Option<Arc<TemplatePlan>>),
 }
 
 #[derive(Debug)]
@@ -171,13 +171,14 @@ impl PlanCache {
     /// The plan of a simple query's literal template if queries of that template may be routed
     /// with it ([`is_routable_template`]); `None` otherwise. Both answers are cached, so a
     /// template that cannot route costs one lookup per query, not a parse.
-    pub fn get_template(&self, template: &str, vschema: &VSchema) -> Option<Arc<StatementPlan>> {
+    pub fn get_template(&self, template: &str, vschema: &VSchema) -> Option<Arc<TemplatePlan>> {
         if let Some(Cached::Template(plan)) = self.lookup(Mode::Template, template, &[], vschema) {
             return plan;
         }
         let plan = plan_statement(template, vschema)
             .ok()
-            .filter(|plan| is_routable_template(plan));
+            .filter(|plan| is_routable_template(plan))
+            .map(|plan| Arc::new(TemplatePlan::new(plan)));
         self.insert(
             Mode::Template,
             template,

@@ -10,9 +10,13 @@
 //!    shards, runs `plan.shard_sql` (if any), splits INSERTs with [`rewrite_insert`], and combines
 //!    rows with [`merge`] when `plan.merge` is set.
 //!
+//! Simple queries whose constants vary are planned once per literal [`template`] and, where
+//! [`bindable`] allows, run on the server as that template prepared.
+//!
 //! See `docs/routing.md` for the rules and `docs/supported-sql.md` for what is refused.
 
 mod analyze;
+pub mod bindable;
 pub mod cache;
 mod datum;
 pub mod error;
@@ -39,5 +43,5 @@ pub use plan::{
 pub use rewrite::rewrite_insert;
 pub use route::{Params, Route, route};
 pub use shardmap::{ShardIndex, ShardMap, ShardMapError};
-pub use template::{Template, template_route};
+pub use template::{Template, TemplatePlan, template_route};
 pub use vschema::{HashFamily, TableInfo, TableKind, VSchema};

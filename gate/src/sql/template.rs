@@ -14,6 +14,11 @@
 //! used for a route when the result provably matches what planning the exact text would give;
 //! see [`template_route`].
 
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use super::bindable::Bindable;
 use super::plan::{KeyValue, StatementKind, StatementPlan, Target};
 use super::route::{Params, Route, route};
 use super::shardmap::{ShardIndex, ShardMap};
@@ -41,6 +46,27 @@ pub struct Literal {
     pub start: usize,
     pub end: usize,
     pub kind: LiteralKind,
+}
+
+/// PostgreSQL's types for constants: what a literal of each kind is typed as.
+const INT4: u32 = 23;
+const INT8: u32 = 20;
+const NUMERIC: u32 = 1700;
+/// An untyped parameter, typed from context like an untyped string literal.
+const UNSPECIFIED: u32 = 0;
+
+/// A cached template: its plan and where its constants may be bound on the server.
+#[derive(Debug)]
+pub struct TemplatePlan {
+    pub plan: Arc<StatementPlan>,
+    pub bindable: Bindable,
+}
+
+impl TemplatePlan {
+    pub fn new(plan: Arc<StatementPlan>) -> TemplatePlan {
+        let bindable = Bindable::of(&plan.ast, plan.param_count);
+        TemplatePlan { plan, bindable }
+    }
 }
 
 /// A query's template and its constants. Reused across queries (buffers keep their capacity).
@@ -149,6 +175,55 @@ impl Template {
         true
     }
 
+    /// Fills `types` with the parameter types that make the template, bound to this query's
+    /// constants, mean exactly what the query's text means (see [`super::bindable`]); `false`
+    /// if some constant cannot be bound. Numbers get PostgreSQL's type for the literal: `int4`
+    /// if the digits fit, else `int8`, else `numeric`; fractions and exponents are `numeric`.
+    /// Strings are untyped; those with backslashes are refused, since their value depends on
+    /// `standard_conforming_strings`.
+    pub fn bind_types(&self, sql: &str, bindable: &Bindable, types: &mut Vec<u32>) -> bool {
+        types.clear();
+        for (index, literal) in self.literals.iter().enumerate() {
+            let value = &sql.as_bytes()[literal.start..literal.end];
+            let (number, ty) = match literal.kind {
+                LiteralKind::Integer => {
+                    let ty = integer_type(value);
+                    // `-2147483648` is one int4 constant to PostgreSQL, `-$1` an int8.
+                    if bindable.is_negated(index) && ty != integer_type_negated(value) {
+                        return false;
+                    }
+                    (true, ty)
+                }
+                LiteralKind::Number => (true, NUMERIC),
+                LiteralKind::PlainString => (false, UNSPECIFIED),
+                LiteralKind::EscapedString if !value.contains(&b'\\') => (false, UNSPECIFIED),
+                LiteralKind::EscapedString => return false,
+            };
+            if !bindable.allows(index, number) {
+                return false;
+            }
+            types.push(ty);
+        }
+        true
+    }
+
+    /// Appends the value of constant `index` as a text parameter (`''` becomes `'`).
+    pub fn write_value(&self, sql: &str, index: usize, out: &mut BytesMut) {
+        let literal = self.literals[index];
+        let value = &sql.as_bytes()[literal.start..literal.end];
+        if literal.kind != LiteralKind::EscapedString {
+            out.extend_from_slice(value);
+            return;
+        }
+        let mut rest = value;
+        while let Some(quote) = rest.iter().position(|b| *b == b'\'') {
+            out.extend_from_slice(&rest[..=quote]);
+            // The scanner only accepts doubled quotes inside a string.
+            rest = &rest[(quote + 2).min(rest.len())..];
+        }
+        out.extend_from_slice(rest);
+    }
+
     /// Replaces `sql[from..to]` by the next `$n`, remembering the value bytes `start..end`.
     #[allow(clippy::too_many_arguments)]
     fn replace(
@@ -189,6 +264,31 @@ fn push_decimal(out: &mut String, value: usize) {
     for digit in &digits[position..] {
         out.push(char::from(*digit));
     }
+}
+
+/// PostgreSQL's type for an unsigned integer literal of these digits.
+fn integer_type(digits: &[u8]) -> u32 {
+    match digits_value(digits) {
+        Some(value) if value <= i32::MAX as u128 => INT4,
+        Some(value) if value <= i64::MAX as u128 => INT8,
+        _ => NUMERIC,
+    }
+}
+
+/// PostgreSQL's type for the folded constant `-digits`.
+fn integer_type_negated(digits: &[u8]) -> u32 {
+    match digits_value(digits) {
+        Some(value) if value <= 1 << 31 => INT4,
+        Some(value) if value <= 1 << 63 => INT8,
+        _ => NUMERIC,
+    }
+}
+
+/// The value of ASCII digits, `None` beyond `u128` (certainly `numeric`).
+fn digits_value(digits: &[u8]) -> Option<u128> {
+    digits.iter().try_fold(0u128, |value, digit| {
+        value.checked_mul(10)?.checked_add(u128::from(digit - b'0'))
+    })
 }
 
 /// End of the number starting at `start`, and whether it is a plain integer.
@@ -255,11 +355,12 @@ pub fn is_routable_template(plan: &StatementPlan) -> bool {
 /// columns, escaped strings, fractions, out-of-range values) are refused here or fail routing,
 /// and so fall back. Several shards also fall back: merging needs the exact plan.
 pub fn template_route(
-    plan: &StatementPlan,
+    template_plan: &TemplatePlan,
     template: &Template,
     sql: &str,
     shards: &ShardMap,
 ) -> Option<ShardIndex> {
+    let plan = &template_plan.plan;
     let (family, keys) = match &plan.target {
         Target::Keys { family, values } => (*family, values),
         Target::InsertRows { family, rows } => (*family, rows),
@@ -442,7 +543,7 @@ mod tests {
                 .then(|| super::super::plan::plan_statement(&template.text, &vschema).ok())
                 .flatten()
                 .filter(|plan| is_routable_template(plan))
-                .and_then(|plan| template_route(&plan, &template, sql, &shards));
+                .and_then(|plan| template_route(&TemplatePlan::new(plan), &template, sql, &shards));
             if let Some(shard) = via_template {
                 assert_eq!(exact, Some(Route::Single(shard)), "{sql}");
             }
@@ -466,5 +567,65 @@ mod tests {
         ] {
             assert_eq!(scan(sql), None, "{sql}");
         }
+    }
+
+    /// Goal: constants are bound with exactly PostgreSQL's literal types, or not at all.
+    #[test]
+    fn binds_constants_with_the_literal_types_postgres_gives_them() {
+        let vschema = vschema();
+        let types_of = |sql: &str| {
+            let mut template = Template::default();
+            assert!(template.scan(sql), "{sql}");
+            let plan = super::super::plan::plan_statement(&template.text, &vschema).expect(sql);
+            let bindable = Bindable::of(&plan.ast, plan.param_count);
+            let mut types = Vec::new();
+            template
+                .bind_types(sql, &bindable, &mut types)
+                .then_some(types)
+        };
+        let point = "SELECT v FROM ints WHERE k = ";
+        assert_eq!(types_of(&format!("{point}5")), Some(vec![INT4]));
+        assert_eq!(types_of(&format!("{point}2147483647")), Some(vec![INT4]));
+        assert_eq!(types_of(&format!("{point}2147483648")), Some(vec![INT8]));
+        assert_eq!(types_of(&format!("{point}007")), Some(vec![INT4]));
+        assert_eq!(
+            types_of(&format!("{point}99999999999999999999")),
+            Some(vec![NUMERIC])
+        );
+        assert_eq!(types_of(&format!("{point}1.5")), Some(vec![NUMERIC]));
+        assert_eq!(types_of(&format!("{point}1e3")), Some(vec![NUMERIC]));
+        assert_eq!(types_of(&format!("{point}'5'")), Some(vec![UNSPECIFIED]));
+        assert_eq!(
+            types_of(&format!("{point}'it''s'")),
+            Some(vec![UNSPECIFIED])
+        );
+        assert_eq!(types_of(&format!("{point}'a\\b'")), None);
+        // A folded negative constant: `-2147483648` is int4, `-$1` of 2147483648 is int8.
+        assert_eq!(types_of(&format!("{point}-2147483647")), Some(vec![INT4]));
+        assert_eq!(types_of(&format!("{point}-2147483648")), None);
+        assert_eq!(types_of(&format!("{point}-2147483649")), Some(vec![INT8]));
+        assert_eq!(types_of(&format!("{point}-9223372036854775808")), None);
+        // A string where only a number binds.
+        assert_eq!(types_of(&format!("{point}5 LIMIT '3'")), None);
+        assert_eq!(
+            types_of(&format!("{point}5 LIMIT 3")),
+            Some(vec![INT4, INT4])
+        );
+    }
+
+    /// Goal: a bound string carries the literal's value, quotes undoubled.
+    #[test]
+    fn writes_literal_values_as_parameter_text() {
+        let sql = "SELECT v FROM ints WHERE k = 42 AND name IN ('it''s', '''', 'plain', '')";
+        let mut template = Template::default();
+        assert!(template.scan(sql));
+        let values: Vec<String> = (0..template.literals.len())
+            .map(|index| {
+                let mut out = BytesMut::new();
+                template.write_value(sql, index, &mut out);
+                String::from_utf8(out.to_vec()).expect("utf-8")
+            })
+            .collect();
+        assert_eq!(values, ["42", "it's", "'", "plain", ""]);
     }
 }
