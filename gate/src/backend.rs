@@ -73,9 +73,23 @@ impl Backends {
         keyspace: &str,
         shard: ShardIndex,
     ) -> Result<PooledConn, AcquireError> {
+        let source = self.resolve(cluster, keyspace, shard)?;
+        source.acquire().await.map_err(|error| {
+            tracing::debug!(%error, keyspace, shard, "acquire failed");
+            error
+        })
+    }
+
+    /// Where connections to the primary of `shard` in `keyspace` come from now.
+    fn resolve(
+        &self,
+        cluster: &Cluster,
+        keyspace: &str,
+        shard: ShardIndex,
+    ) -> Result<Arc<dyn ConnSource>, AcquireError> {
         // Resolve the source under the view guard, borrowing: no tablet-record or shard-name
-        // copies per statement (this runs once per borrowed connection).
-        let source = {
+        // copies per statement.
+        Ok({
             let view = cluster.view();
             let keyspace_view =
                 view.keyspaces
@@ -102,27 +116,46 @@ impl Backends {
                     term: 0,
                 })?;
             self.source(tablet)
-        };
-        source.acquire().await.map_err(|error| {
-            tracing::debug!(%error, keyspace, shard, "acquire failed");
-            error
         })
     }
 
     /// Gets a connection, holding the query (bounded in time) while the shard has no serving
     /// primary, e.g. during a switchover or failover: the buffer that lets planned primary
     /// changes pass without client errors.
+    ///
+    /// `cache` holds the sources one session resolved before: while the cluster has not
+    /// changed, a borrow skips resolving the primary (map lookups and the scan of the tablets'
+    /// live statuses) and goes straight to the source.
     pub async fn acquire(
         &self,
         cluster: &Cluster,
         keyspace: &str,
         shard: ShardIndex,
+        cache: &mut SourceCache,
     ) -> Result<PooledConn, AcquireError> {
+        if let Some(source) = cache.get(shard, cluster.generation()) {
+            match source.acquire().await {
+                Ok(conn) => return Ok(conn),
+                // Resolve again below; that path also buffers while there is no primary.
+                Err(_) => cache.forget(shard),
+            }
+        }
         let deadline = Instant::now() + Duration::from_millis(self.config.buffer_window_ms);
         let mut changes = cluster.subscribe();
         let mut buffered = false;
         loop {
-            match self.try_acquire(cluster, keyspace, shard).await {
+            let generation = cluster.generation();
+            let attempt = match self.resolve(cluster, keyspace, shard) {
+                Ok(source) => {
+                    let result = source.acquire().await;
+                    if result.is_ok() {
+                        cache.put(shard, generation, source);
+                    }
+                    result
+                }
+                Err(error) => Err(error),
+            };
+            match attempt {
                 Ok(conn) => {
                     if buffered {
                         metrics::counter!("tessera_gate_buffered_queries_total", "outcome" => "served").increment(1);
@@ -150,6 +183,48 @@ impl Backends {
     pub fn reset_remote(&self, tablet: &str) {
         if let Some((_, (_, pool))) = self.remote.remove(tablet) {
             pool.reset();
+        }
+    }
+}
+
+/// How long a session reuses a resolved source without resolving again, even if nothing
+/// changed: live statuses count only while fresh (`LIVE_STATUS_TTL` in cluster.rs), and an
+/// expiry is not an event. Short next to that TTL and to failover times.
+const SOURCE_CACHE_TTL: Duration = Duration::from_millis(250);
+
+/// The connection source one session last resolved for each shard.
+#[derive(Default)]
+pub struct SourceCache {
+    entries: Vec<Option<CachedSource>>,
+}
+
+struct CachedSource {
+    generation: u64,
+    resolved: Instant,
+    source: Arc<dyn ConnSource>,
+}
+
+impl SourceCache {
+    fn get(&self, shard: ShardIndex, generation: u64) -> Option<Arc<dyn ConnSource>> {
+        let cached = self.entries.get(shard)?.as_ref()?;
+        (cached.generation == generation && cached.resolved.elapsed() < SOURCE_CACHE_TTL)
+            .then(|| cached.source.clone())
+    }
+
+    fn put(&mut self, shard: ShardIndex, generation: u64, source: Arc<dyn ConnSource>) {
+        if self.entries.len() <= shard {
+            self.entries.resize_with(shard + 1, || None);
+        }
+        self.entries[shard] = Some(CachedSource {
+            generation,
+            resolved: Instant::now(),
+            source,
+        });
+    }
+
+    fn forget(&mut self, shard: ShardIndex) {
+        if let Some(entry) = self.entries.get_mut(shard) {
+            *entry = None;
         }
     }
 }

@@ -59,6 +59,8 @@ pub struct Cluster {
     view: ArcSwap<ClusterView>,
     /// Bumped whenever the view changes; buffered queries wait on it.
     changed: watch::Sender<u64>,
+    /// Bumped on every change routing depends on (see [`Cluster::generation`]).
+    generation: std::sync::atomic::AtomicU64,
     /// Tablets' own reports, from their status streams: who serves, in which term. The
     /// primary a query goes to is the serving tablet with the highest term; the topology's
     /// primary is only the fallback, so failover reaches clients even while the topology is
@@ -78,6 +80,7 @@ impl Cluster {
             topology,
             view: ArcSwap::from_pointee(view),
             changed,
+            generation: std::sync::atomic::AtomicU64::new(0),
             live: dashmap::DashMap::new(),
             streams: parking_lot::Mutex::new(std::collections::HashMap::new()),
         }))
@@ -135,6 +138,8 @@ impl Cluster {
                     if !keep {
                         handle.abort();
                         self.live.remove(id);
+                        self.generation
+                            .fetch_add(1, std::sync::atomic::Ordering::Release);
                     }
                     keep
                 });
@@ -190,12 +195,16 @@ impl Cluster {
                         .is_none_or(|p| p.serving != status.serving || p.term != status.term);
                     if changed {
                         // Wake buffered queries: a primary may have appeared.
-                        self.changed.send_modify(|n| *n += 1);
+                        self.note_change();
                     }
                 }
             }
-            if let Some(mut entry) = self.live.get_mut(&tablet.id) {
+            if let Some(mut entry) = self.live.get_mut(&tablet.id)
+                && entry.serving
+            {
                 entry.serving = false;
+                drop(entry);
+                self.note_change();
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -209,8 +218,22 @@ impl Cluster {
             tracing::warn!(%problem, "topology problem");
         }
         self.view.store(Arc::new(view));
-        self.changed.send_modify(|n| *n += 1);
+        self.note_change();
         Ok(())
+    }
+
+    /// Counts a change of what routing reads (the view or a tablet's serving state), waking
+    /// buffered queries and invalidating sessions' cached connection sources.
+    fn note_change(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Changes seen so far; equal values mean routing would resolve the same primaries, except
+    /// for live statuses expiring by age (see [`crate::backend::SourceCache`]).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Follows topology changes until the process ends. On errors it keeps serving the last

@@ -20,7 +20,8 @@ use crate::sql::cache::PlanCache;
 /// The server-side query a session is running, so a CancelRequest can be passed on.
 #[derive(Debug, Clone)]
 pub struct RunningQuery {
-    pub target: Target,
+    /// Shared with the connection: no allocation per borrowed connection.
+    pub target: Arc<Target>,
     pub process_id: i32,
     pub secret_key: i32,
 }

@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use crate::tablet::Tablet;
 
 /// Which server backend a pooler client is using, for cancel requests.
-type CancelMap = DashMap<i32, (i32, Option<(Target, i32, i32)>)>;
+type CancelMap = DashMap<i32, (i32, Option<(Arc<Target>, i32, i32)>)>;
 
 /// Serves pooler clients until `shutdown` resolves.
 pub async fn serve(listener: TcpListener, tablet: Arc<Tablet>, shutdown: impl Future<Output = ()>) {

@@ -3,6 +3,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -114,7 +115,8 @@ impl PreparedSet {
 #[derive(Debug)]
 pub struct ServerConn {
     pub stream: PgStream,
-    pub target: Target,
+    /// Shared, so that cancel registries can keep it without an allocation per borrow.
+    pub target: Arc<Target>,
     pub process_id: i32,
     pub secret_key: i32,
     /// ParameterStatus values reported by the server (server_version, TimeZone, ...).
@@ -159,7 +161,7 @@ impl ServerConn {
 
         let mut conn = ServerConn {
             stream,
-            target: config.target.clone(),
+            target: Arc::new(config.target.clone()),
             process_id: 0,
             secret_key: 0,
             server_params: Vec::new(),

@@ -25,7 +25,7 @@ use crate::sql::shardmap::ShardIndex;
 impl Session {
     pub(super) async fn extended_batch(
         &mut self,
-        frames: &Bytes,
+        frames: &[u8],
         sync: bool,
     ) -> Result<Flow, RelayError> {
         let mut active: Option<ShardIndex> = None;
@@ -34,17 +34,17 @@ impl Session {
             let Ok(Some((tag, len))) = frame_at(&frames[pos..]) else {
                 break;
             };
-            let frame = frames.slice(pos..pos + len);
+            let frame = &frames[pos..pos + len];
             pos += len;
             if self.skip_to_sync {
                 continue;
             }
             let result = match tag {
-                frontend::PARSE => self.on_parse(&frame, active),
-                frontend::BIND => self.on_bind(&frame, &mut active).await,
-                frontend::DESCRIBE => self.on_describe(&frame, &mut active).await,
-                frontend::EXECUTE => self.on_execute(&frame, &mut active).await,
-                frontend::CLOSE => self.on_close(&frame, active),
+                frontend::PARSE => self.on_parse(frame, active),
+                frontend::BIND => self.on_bind(frame, &mut active).await,
+                frontend::DESCRIBE => self.on_describe(frame, &mut active).await,
+                frontend::EXECUTE => self.on_execute(frame, &mut active).await,
+                frontend::CLOSE => self.on_close(frame, active),
                 _ => Ok(()),
             };
             if let Err(error) = result {
@@ -73,17 +73,20 @@ impl Session {
     /// Sync: every connection used in this batch gets Sync; the active one carries the queued
     /// answers and goes last so they come out in order.
     async fn finish_sync(&mut self, active: Option<ShardIndex>) -> Result<(), RelayError> {
-        let mut order: Vec<ShardIndex> = self
-            .held
-            .iter()
-            .filter(|h| {
-                Some(h.shard) != active
-                    && (h.conn.tx_status != message::TxStatus::Idle || !h.batch.is_empty())
-            })
-            .map(|h| h.shard)
-            .collect();
+        // A reused list: no allocation per batch.
+        let mut order = std::mem::take(&mut self.sync_order);
+        order.clear();
+        order.extend(
+            self.held
+                .iter()
+                .filter(|h| {
+                    Some(h.shard) != active
+                        && (h.conn.tx_status != message::TxStatus::Idle || !h.batch.is_empty())
+                })
+                .map(|h| h.shard),
+        );
         order.extend(active);
-        for shard in order {
+        for &shard in &order {
             let Some(index) = self.held.iter().position(|h| h.shard == shard) else {
                 continue;
             };
@@ -96,6 +99,7 @@ impl Session {
                 self.emit_error(&error, None);
             }
         }
+        self.sync_order = order;
         self.skip_to_sync = false;
         if !self.tx.is_open() {
             // An implicit transaction ends at Sync, and portals with it.
@@ -174,7 +178,7 @@ impl Session {
         self.emit(bytes, active);
     }
 
-    fn on_parse(&mut self, frame: &Bytes, active: Option<ShardIndex>) -> Result<(), SqlError> {
+    fn on_parse(&mut self, frame: &[u8], active: Option<ShardIndex>) -> Result<(), SqlError> {
         let parse =
             Parse::parse(&frame[5..]).map_err(|e| SqlError::fatal("08P01", e.to_string()))?;
         if !parse.name.is_empty() && self.statements.contains_key(parse.name) {
@@ -222,7 +226,7 @@ impl Session {
 
     async fn on_bind(
         &mut self,
-        frame: &Bytes,
+        frame: &[u8],
         active: &mut Option<ShardIndex>,
     ) -> Result<(), SqlError> {
         let bind = Bind::parse(&frame[5..]).map_err(|e| SqlError::fatal("08P01", e.to_string()))?;
@@ -280,7 +284,8 @@ impl Session {
                 statement,
                 route,
                 bind: if keep_bind {
-                    frame.slice(5..)
+                    // Only multi-shard portals keep it (re-sent to each shard).
+                    Bytes::copy_from_slice(&frame[5..])
                 } else {
                     Bytes::new()
                 },
@@ -292,7 +297,7 @@ impl Session {
 
     async fn on_describe(
         &mut self,
-        frame: &Bytes,
+        frame: &[u8],
         active: &mut Option<ShardIndex>,
     ) -> Result<(), SqlError> {
         let named = Named::parse(&frame[5..], "Describe")
@@ -391,7 +396,7 @@ impl Session {
 
     async fn on_execute(
         &mut self,
-        frame: &Bytes,
+        frame: &[u8],
         active: &mut Option<ShardIndex>,
     ) -> Result<(), SqlError> {
         let execute =
@@ -430,7 +435,7 @@ impl Session {
         }
     }
 
-    fn on_close(&mut self, frame: &Bytes, active: Option<ShardIndex>) -> Result<(), SqlError> {
+    fn on_close(&mut self, frame: &[u8], active: Option<ShardIndex>) -> Result<(), SqlError> {
         let named = Named::parse(&frame[5..], "Close")
             .map_err(|e| SqlError::fatal("08P01", e.to_string()))?;
         match named.target {

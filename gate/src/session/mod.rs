@@ -20,6 +20,7 @@ use tessera_wire::relay::{self, Batch, Outcome, RelayError};
 use tessera_wire::startup::{self, StartupRequest};
 use tessera_wire::{PgStream, PooledConn, ServerConn, SqlError, Statement};
 
+use crate::backend::SourceCache;
 use crate::cluster::KeyspaceView;
 use crate::server::{CancelEntry, RunningQuery, Shared};
 use crate::sql::error::PlanError;
@@ -86,7 +87,14 @@ pub(crate) struct Session {
     /// Empty batch queues of released connections, reused by the next `hold`.
     /// Invariant: every entry is empty; at most `MAX_SPARE_BATCHES`.
     spare_batches: Vec<Batch>,
+    /// Connection sources resolved for this session's shards (see `Backends::acquire`).
+    sources: SourceCache,
+    /// Scratch list of the shards a Sync goes to (reused).
+    sync_order: Vec<ShardIndex>,
 }
+
+/// Capacity of the extended-protocol message buffer a session keeps between batches.
+const MAX_KEPT_BATCH_BYTES: usize = 16 * 1024;
 
 /// Spare batch queues a session keeps (one per shard it commonly uses at once).
 const MAX_SPARE_BATCHES: usize = 2;
@@ -202,6 +210,8 @@ impl Session {
             bind_types: Vec::new(),
             bound: HashMap::new(),
             spare_batches: Vec::new(),
+            sync_order: Vec::new(),
+            sources: SourceCache::default(),
         };
         session.greet(secret_key);
         let result = session.serve().await;
@@ -252,8 +262,14 @@ impl Session {
                 }
                 frontend::SYNC | frontend::FLUSH => {
                     self.client.consume(len);
-                    let frames = std::mem::take(&mut batch).freeze();
-                    self.extended_batch(&frames, tag == frontend::SYNC).await?
+                    let flow = self.extended_batch(&batch, tag == frontend::SYNC).await?;
+                    // Keep the buffer for the next batch unless one huge batch grew it.
+                    if batch.capacity() > MAX_KEPT_BATCH_BYTES {
+                        batch = BytesMut::new();
+                    } else {
+                        batch.clear();
+                    }
+                    flow
                 }
                 frontend::TERMINATE => Flow::Close,
                 frontend::COPY_DATA | frontend::COPY_DONE | frontend::COPY_FAIL => {
@@ -349,7 +365,12 @@ impl Session {
         let mut conn = self
             .shared
             .backends
-            .acquire(&self.shared.cluster, &self.keyspace, shard)
+            .acquire(
+                &self.shared.cluster,
+                &self.keyspace,
+                shard,
+                &mut self.sources,
+            )
             .await
             .map_err(|error| error.to_sql_error())?;
         if !conn.params_reported {
