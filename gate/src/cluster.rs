@@ -138,8 +138,7 @@ impl Cluster {
                     if !keep {
                         handle.abort();
                         self.live.remove(id);
-                        self.generation
-                            .fetch_add(1, std::sync::atomic::Ordering::Release);
+                        self.note_change();
                     }
                     keep
                 });

@@ -207,13 +207,6 @@ impl Batch {
         self.sync(conn);
     }
 
-    /// Forgets `key` on `conn` and closes it on the server before the next use (a statement
-    /// the server can no longer run, e.g. after DDL changed its result type).
-    pub fn forget_statement(&mut self, conn: &mut ServerConn, key: u64) {
-        conn.prepared.remove(key);
-        conn.prepared.to_close.push(key);
-    }
-
     /// A simple query. With `forward` false its results are consumed silently (control SQL).
     pub fn query(&mut self, conn: &mut ServerConn, sql: &str, forward: bool) {
         message::query(&mut conn.stream.write_buf, sql);
@@ -388,8 +381,7 @@ async fn pump_into(
     }
     if outcome.error.is_some() {
         for key in batch.injected.drain(..) {
-            conn.prepared.remove(key);
-            conn.prepared.to_close.push(key);
+            conn.prepared.forget(key);
         }
     }
     result.map(|()| outcome)

@@ -96,6 +96,13 @@ impl PreparedSet {
         self.to_close.clear();
     }
 
+    /// Forgets `key` and schedules its Close before the next use of the connection (the server
+    /// may or may not hold it, e.g. after a failed batch or a stale cached plan).
+    pub fn forget(&mut self, key: u64) {
+        self.remove(key);
+        self.to_close.push(key);
+    }
+
     pub fn remove(&mut self, key: u64) {
         if self.keys.remove(&key) {
             self.order.retain(|k| *k != key);

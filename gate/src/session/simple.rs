@@ -155,7 +155,7 @@ impl Session {
         {
             self.client.write_buf.clear();
             if let Some(held) = self.held.iter_mut().find(|h| h.shard == shard) {
-                held.batch.forget_statement(&mut held.conn, statement.key);
+                held.conn.prepared.forget(statement.key);
             }
             self.bound.remove(&statement.key);
             metrics::counter!("tessera_gate_stale_prepared_total").increment(1);
