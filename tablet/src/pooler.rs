@@ -15,7 +15,7 @@ use bytes::{Bytes, BytesMut};
 use dashmap::DashMap;
 use tessera_wire::extended::{Bind, Named, Parse, Target as NamedTarget};
 use tessera_wire::message::{self, TxStatus, backend, frontend};
-use tessera_wire::relay::{self, Batch, RelayError, Reply};
+use tessera_wire::relay::{self, Batch, RelayError, Reply, check_not_outdated};
 use tessera_wire::startup::{self, StartupRequest};
 use tessera_wire::{PgStream, PooledConn, ServerConn, SqlError, Statement, Target};
 use tokio::net::TcpListener;
@@ -403,6 +403,7 @@ impl PoolerSession {
                 let bind = Bind::parse(body).map_err(protocol)?;
                 let statement = self.statement(bind.statement)?;
                 let (conn, batch) = self.conn().await?;
+                check_not_outdated(conn, &statement)?;
                 batch.bind(conn, &statement, &bind);
             }
             frontend::DESCRIBE => {
@@ -411,6 +412,7 @@ impl PoolerSession {
                     NamedTarget::Statement => {
                         let statement = self.statement(named.name)?;
                         let (conn, batch) = self.conn().await?;
+                        check_not_outdated(conn, &statement)?;
                         batch.describe_statement(conn, &statement);
                     }
                     NamedTarget::Portal => {

@@ -8,9 +8,20 @@
 //!
 //! ReadyForQuery is never forwarded: the caller writes its own, because only the caller knows
 //! the client-visible transaction status (a gate transaction may span several shards).
+//!
+//! Stale plans. Statements are shared per server connection by content, so a connection may
+//! hold a statement prepared before a schema change (`ALTER TABLE ... ADD COLUMN`) that a client
+//! parsing the same text now does not know about. PostgreSQL then refuses the old statement
+//! (0A000 "cached plan must not change result type"), where it would simply have planned the
+//! client's new Parse. When the client's Parse is newer than the connection's statement, nothing
+//! has run yet and nothing has reached the client, the pump takes the error back, re-prepares
+//! the statement and sends the round trip again. A client whose own statement is older than the
+//! change gets the error, exactly as from PostgreSQL, and the statement is re-prepared for the
+//! next use.
 
 use std::collections::VecDeque;
 use std::io;
+use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -19,7 +30,7 @@ use crate::extended::Bind;
 use crate::message::{self, TxStatus, backend, frontend};
 use crate::server_conn::ServerConn;
 use crate::socket::PgStream;
-use crate::statement::{Statement, statement_name};
+use crate::statement::{Statement, note_stale, predates_change, statement_name};
 
 /// Client write-buffer size at which the pump flushes mid-result, bounding memory per session.
 const CLIENT_FLUSH_BYTES: usize = 64 * 1024;
@@ -82,9 +93,40 @@ pub enum Expect {
 #[derive(Debug, Default)]
 pub struct Batch {
     pub queue: VecDeque<Expect>,
-    /// Statements this batch prepares; forgotten (and closed) if the batch fails, since the
+    /// Statements this round trip prepares; forgotten (and closed) if it fails, since the
     /// server skipped everything after the error and cannot tell us which Parse ran.
     pub injected: Vec<u64>,
+    /// Statements this round trip uses that the connection prepared before the client parsed
+    /// them, with their Parse frames: the ones to re-prepare if the server finds a plan stale.
+    renewable: Vec<Arc<Statement>>,
+    renew_parses: BytesMut,
+    /// A Flush was sent since the last Sync: the server may have run part of the implicit
+    /// transaction already, so a round trip can no longer be sent again.
+    flushed: bool,
+    /// The round trip as sent, kept while it may have to be sent again (reused buffers).
+    replay_bytes: BytesMut,
+    replay_queue: VecDeque<Expect>,
+}
+
+/// A client statement parsed before this connection's server last found its content stale:
+/// running it would return rows shaped unlike the client's description of them, so it gets
+/// PostgreSQL's own error instead (it would on PostgreSQL too).
+pub fn check_not_outdated(conn: &ServerConn, statement: &Statement) -> Result<(), SqlError> {
+    if predates_change(|| conn.target.to_string(), statement) {
+        return Err(SqlError::new(
+            "0A000",
+            "cached plan must not change result type",
+        ));
+    }
+    Ok(())
+}
+
+/// PostgreSQL's refusal to run a statement prepared before its result type changed.
+pub fn is_stale_plan(error: &SqlError) -> bool {
+    error.code == "0A000"
+        && error
+            .message
+            .starts_with("cached plan must not change result type")
 }
 
 impl Batch {
@@ -114,9 +156,20 @@ impl Batch {
 
     /// Makes sure `statement` is prepared on `conn`. With `client_parse` the client sent this
     /// Parse and expects ParseComplete; otherwise the Parse is Tessera's own and is swallowed.
-    pub fn prepare(&mut self, conn: &mut ServerConn, statement: &Statement, client_parse: bool) {
+    pub fn prepare(
+        &mut self,
+        conn: &mut ServerConn,
+        statement: &Arc<Statement>,
+        client_parse: bool,
+    ) {
         self.close_evicted(conn);
-        if conn.prepared.contains(statement.key) {
+        if let Some(prepared_at) = conn.prepared.prepared_at(statement.key) {
+            if prepared_at < statement.parsed_at()
+                && !self.renewable.iter().any(|s| s.key == statement.key)
+            {
+                self.renewable.push(statement.clone());
+                statement.write_parse(&mut self.renew_parses);
+            }
             if client_parse {
                 self.synthetic_empty(backend::PARSE_COMPLETE);
             }
@@ -135,7 +188,7 @@ impl Batch {
     }
 
     /// The client's Bind, re-targeted at the content-named statement.
-    pub fn bind(&mut self, conn: &mut ServerConn, statement: &Statement, bind: &Bind<'_>) {
+    pub fn bind(&mut self, conn: &mut ServerConn, statement: &Arc<Statement>, bind: &Bind<'_>) {
         self.prepare(conn, statement, false);
         bind.write_renamed(&mut conn.stream.write_buf, &statement.name);
         self.queue.push_back(Expect::Forward(Reply::BindComplete));
@@ -145,7 +198,7 @@ impl Batch {
     pub fn bind_subset(
         &mut self,
         conn: &mut ServerConn,
-        statement: &Statement,
+        statement: &Arc<Statement>,
         bind: &Bind<'_>,
         param_map: &[usize],
         forward: bool,
@@ -155,7 +208,7 @@ impl Batch {
         self.push_reply(Reply::BindComplete, forward);
     }
 
-    pub fn describe_statement(&mut self, conn: &mut ServerConn, statement: &Statement) {
+    pub fn describe_statement(&mut self, conn: &mut ServerConn, statement: &Arc<Statement>) {
         self.prepare(conn, statement, false);
         message::describe_or_close(
             &mut conn.stream.write_buf,
@@ -180,7 +233,7 @@ impl Batch {
     pub fn query_prepared(
         &mut self,
         conn: &mut ServerConn,
-        statement: &Statement,
+        statement: &Arc<Statement>,
         mut write_param: impl FnMut(usize, &mut BytesMut),
     ) {
         self.prepare(conn, statement, false);
@@ -220,6 +273,7 @@ impl Batch {
 
     pub fn flush(&mut self, conn: &mut ServerConn) {
         message::empty(&mut conn.stream.write_buf, frontend::FLUSH);
+        self.flushed = true;
     }
 
     pub fn synthetic(&mut self, bytes: Bytes) {
@@ -326,13 +380,15 @@ impl Sink<'_> {
         }
     }
 
-    async fn maybe_flush(&mut self) -> Result<(), RelayError> {
+    /// Flushes a large client buffer; `true` if it did.
+    async fn maybe_flush(&mut self) -> Result<bool, RelayError> {
         if let Sink::Client(client) = self
             && client.write_buf.len() >= CLIENT_FLUSH_BYTES
         {
             client.flush().await.map_err(RelayError::Client)?;
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     fn drain_synthetic(&mut self, batch: &mut Batch) {
@@ -371,20 +427,106 @@ async fn pump_into(
     mut sink: Sink<'_>,
 ) -> Result<Outcome, RelayError> {
     let mut outcome = Outcome::default();
-    if let Err(error) = conn.stream.flush().await {
-        conn.broken = true;
-        return Err(RelayError::Server(error));
+    let client_start = match &sink {
+        Sink::Client(client) => Some(client.write_buf.len()),
+        Sink::Collect(_) => None,
+    };
+    let replayable = client_start.is_some() && batch.may_replay(conn);
+    if replayable {
+        batch.replay_bytes.clear();
+        batch.replay_bytes.extend_from_slice(&conn.stream.write_buf);
+        batch.replay_queue.clone_from(&batch.queue);
     }
-    let result = pump_answers(conn, batch, &mut sink, &mut outcome).await;
+    let mut result = send_and_pump(conn, batch, &mut sink, &mut outcome, replayable).await;
+    if matches!(result, Ok(true))
+        && let (Sink::Client(client), Some(start)) = (&mut sink, client_start)
+    {
+        // Take back what this round trip wrote (nothing was flushed), then send it again
+        // behind a fresh Parse of every statement that may be stale.
+        client.write_buf.truncate(start);
+        batch.queue_replay(conn);
+        metrics::counter!("tessera_stale_plans_reprepared_total").increment(1);
+        outcome = Outcome::default();
+        result = send_and_pump(conn, batch, &mut sink, &mut outcome, false).await;
+    }
     if result.is_err() {
         conn.broken = true;
     }
-    if outcome.error.is_some() {
+    if let Some(error) = &outcome.error {
         for key in batch.injected.drain(..) {
             conn.prepared.forget(key);
         }
+        if is_stale_plan(error) {
+            // Not sent again (something had run or reached the client): the next use of this
+            // content prepares it anew.
+            let server = conn.target.to_string();
+            for statement in batch.renewable.drain(..) {
+                note_stale(&server, statement.key);
+                conn.prepared.forget(statement.key);
+            }
+        }
     }
-    result.map(|()| outcome)
+    batch.injected.clear();
+    batch.renewable.clear();
+    batch.renew_parses.clear();
+    if batch.queue.is_empty() {
+        batch.flushed = false;
+    }
+    result.map(|_| outcome)
+}
+
+/// Flushes the queued frames and relays the answers; `Ok(true)` if the server found a plan
+/// stale and the round trip was taken back to be sent again (only with `replayable`).
+async fn send_and_pump(
+    conn: &mut ServerConn,
+    batch: &mut Batch,
+    sink: &mut Sink<'_>,
+    outcome: &mut Outcome,
+    replayable: bool,
+) -> Result<bool, RelayError> {
+    conn.stream.flush().await.map_err(RelayError::Server)?;
+    pump_answers(conn, batch, sink, outcome, replayable).await
+}
+
+impl Batch {
+    /// Can this round trip be sent again if a plan is stale? Only a whole implicit transaction
+    /// (no transaction open, no Flush before, ending in Sync) that uses a renewable statement.
+    fn may_replay(&self, conn: &ServerConn) -> bool {
+        !self.renewable.is_empty()
+            && !self.flushed
+            && conn.tx_status == TxStatus::Idle
+            && matches!(
+                self.queue.back(),
+                Some(Expect::Forward(Reply::Sync) | Expect::Swallow(Reply::Sync))
+            )
+    }
+
+    /// Queues the kept round trip again, behind a Close and a Parse of each renewable
+    /// statement and a Close of each statement the failed attempt prepared.
+    fn queue_replay(&mut self, conn: &mut ServerConn) {
+        let server = conn.target.to_string();
+        let out = &mut conn.stream.write_buf;
+        let renewed = self.renewable.iter().map(|s| s.key);
+        for key in renewed.chain(self.injected.iter().copied()) {
+            message::describe_or_close(out, frontend::CLOSE, b'S', &statement_name(key));
+            self.queue.push_back(Expect::Swallow(Reply::CloseComplete));
+        }
+        out.extend_from_slice(&self.renew_parses);
+        for statement in &self.renewable {
+            // Clients parsing earlier than this may describe the old rows; these statements
+            // get their description from the plan about to be prepared.
+            note_stale(&server, statement.key);
+            statement.renew();
+            conn.prepared.insert(statement.key);
+            self.queue.push_back(Expect::Swallow(Reply::ParseComplete));
+        }
+        out.extend_from_slice(&self.replay_bytes);
+        let kept = std::mem::take(&mut self.replay_queue);
+        self.queue.extend(kept.iter().cloned());
+        self.replay_queue = kept;
+        self.renewable.clear();
+        self.renew_parses.clear();
+    }
 }
 
 async fn pump_answers(
@@ -392,11 +534,15 @@ async fn pump_answers(
     batch: &mut Batch,
     sink: &mut Sink<'_>,
     outcome: &mut Outcome,
-) -> Result<(), RelayError> {
+    replayable: bool,
+) -> Result<bool, RelayError> {
+    // Still possible to send the round trip again: nothing ran and nothing was flushed.
+    let mut replayable = replayable;
+    let mut taken_back = false;
     loop {
         sink.drain_synthetic(batch);
         let Some(front) = batch.queue.front().cloned() else {
-            return Ok(());
+            return Ok(taken_back);
         };
         let (reply, forward) = match front {
             Expect::Forward(reply) => (reply, true),
@@ -407,13 +553,18 @@ async fn pump_answers(
         match tag {
             backend::ERROR => {
                 let error = SqlError::from_body(conn.stream.body(len));
-                outcome.forwarded_any = true;
-                match sink {
-                    // A collecting caller reports the error itself, once, after merging.
-                    Sink::Collect(_) => conn.stream.consume(len),
-                    Sink::Client(_) => sink.put(conn, tag, len),
+                if replayable && !taken_back && is_stale_plan(&error) {
+                    taken_back = true;
+                    conn.stream.consume(len);
+                } else {
+                    outcome.forwarded_any = true;
+                    match sink {
+                        // A collecting caller reports the error itself, once, after merging.
+                        Sink::Collect(_) => conn.stream.consume(len),
+                        Sink::Client(_) => sink.put(conn, tag, len),
+                    }
+                    outcome.error.get_or_insert(error);
                 }
-                outcome.error.get_or_insert(error);
                 if reply != Reply::Query {
                     // The server now ignores everything up to Sync.
                     while let Some(next) = batch.queue.front() {
@@ -464,13 +615,18 @@ async fn pump_answers(
                 }
                 if tag == backend::COPY_IN || tag == backend::COPY_BOTH {
                     outcome.copy_in = true;
-                    return Ok(());
+                    return Ok(false);
                 }
                 if done {
+                    if matches!(reply, Reply::Execute | Reply::Query) {
+                        replayable = false;
+                    }
                     batch.queue.pop_front();
                 }
             }
         }
-        sink.maybe_flush().await?;
+        if sink.maybe_flush().await? {
+            replayable = false;
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! `ServerConn`: one authenticated connection from Tessera to a PostgreSQL server or to a
 //! tablet pooler (which speaks the same protocol).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -62,7 +62,8 @@ impl std::fmt::Debug for ConnectConfig {
 /// long-lived connection does not accumulate statements without bound.
 #[derive(Debug, Default)]
 pub struct PreparedSet {
-    keys: HashSet<u64>,
+    /// Statement key -> when this connection prepared it (`statement::parse_clock`).
+    keys: HashMap<u64, u64>,
     order: VecDeque<u64>,
     /// Evicted statements still to be closed on the server before the next use.
     pub to_close: Vec<u64>,
@@ -73,12 +74,18 @@ pub const MAX_PREPARED_PER_CONN: usize = 1024;
 
 impl PreparedSet {
     pub fn contains(&self, key: u64) -> bool {
-        self.keys.contains(&key)
+        self.keys.contains_key(&key)
     }
 
-    /// Records that `key` is (about to be) prepared on this connection.
+    /// When this connection prepared `key`, if it did.
+    pub fn prepared_at(&self, key: u64) -> Option<u64> {
+        self.keys.get(&key).copied()
+    }
+
+    /// Records that `key` is (about to be) prepared on this connection, now.
     pub fn insert(&mut self, key: u64) {
-        if self.keys.insert(key) {
+        let now = crate::statement::parse_clock();
+        if self.keys.insert(key, now).is_none() {
             self.order.push_back(key);
             if self.order.len() > MAX_PREPARED_PER_CONN
                 && let Some(old) = self.order.pop_front()
@@ -104,7 +111,7 @@ impl PreparedSet {
     }
 
     pub fn remove(&mut self, key: u64) {
-        if self.keys.remove(&key) {
+        if self.keys.remove(&key).is_some() {
             self.order.retain(|k| *k != key);
         }
     }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use tessera_wire::extended::{Bind, Execute, Named, Parse, Target as NamedTarget};
 use tessera_wire::message::{self, backend, frontend};
-use tessera_wire::relay::{Batch, RelayError, Reply};
+use tessera_wire::relay::{Batch, RelayError, Reply, check_not_outdated};
 use tessera_wire::socket::frame_at;
 use tessera_wire::{SqlError, Statement};
 
@@ -274,6 +274,7 @@ impl Session {
         if let Route::Single(shard) = route {
             let index = self.activate(shard, active).await?;
             let held = &mut self.held[index];
+            check_not_outdated(&held.conn, &statement.wire)?;
             held.batch.bind(&mut held.conn, &statement.wire, &bind);
         } else {
             self.emit_empty(backend::BIND_COMPLETE, *active);
@@ -328,6 +329,7 @@ impl Session {
                     .unwrap_or(0);
                 let index = self.activate(shard, active).await?;
                 let held = &mut self.held[index];
+                check_not_outdated(&held.conn, &statement.wire)?;
                 held.batch
                     .describe_statement(&mut held.conn, &statement.wire);
                 Ok(())

@@ -147,17 +147,17 @@ impl Session {
                                 .iter()
                                 .map(|i| statement.wire.param_types.get(*i).copied().unwrap_or(0))
                                 .collect();
-                            let rewritten = Statement::new(item.sql.clone(), types);
+                            let rewritten = Arc::new(Statement::new(item.sql.clone(), types));
                             held.batch.bind_subset(conn, &rewritten, bind, map, true);
                         }
                         None if *item.sql == *plan.sql => {
                             held.batch.bind(conn, &statement.wire, bind)
                         }
                         None => {
-                            let rewritten = Statement::new(
+                            let rewritten = Arc::new(Statement::new(
                                 item.sql.clone(),
                                 statement.wire.param_types.clone(),
-                            );
+                            ));
                             held.batch.bind(conn, &rewritten, bind);
                         }
                     }

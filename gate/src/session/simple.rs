@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use tessera_wire::relay::RelayError;
+use tessera_wire::relay::{RelayError, is_stale_plan};
 use tessera_wire::statement::statement_key;
 use tessera_wire::{SqlError, Statement, extended};
 
@@ -26,13 +26,6 @@ const MAX_BOUND_STATEMENTS: usize = 64;
 
 /// PostgreSQL's refusal to run a prepared statement whose result type changed since it was
 /// prepared (e.g. `SELECT *` after `ALTER TABLE ... ADD COLUMN`).
-fn is_stale_plan(error: &SqlError) -> bool {
-    error.code == "0A000"
-        && error
-            .message
-            .starts_with("cached plan must not change result type")
-}
-
 pub(super) fn aborted_error() -> SqlError {
     SqlError::new(
         "25P02",
