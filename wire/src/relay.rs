@@ -437,7 +437,7 @@ async fn pump_into(
         batch.replay_bytes.extend_from_slice(&conn.stream.write_buf);
         batch.replay_queue.clone_from(&batch.queue);
     }
-    let mut result = send_and_pump(conn, batch, &mut sink, &mut outcome, replayable).await;
+    let mut result = pump_answers(conn, batch, &mut sink, &mut outcome, replayable).await;
     if matches!(result, Ok(true))
         && let (Sink::Client(client), Some(start)) = (&mut sink, client_start)
     {
@@ -447,7 +447,7 @@ async fn pump_into(
         batch.queue_replay(conn);
         metrics::counter!("tessera_stale_plans_reprepared_total").increment(1);
         outcome = Outcome::default();
-        result = send_and_pump(conn, batch, &mut sink, &mut outcome, false).await;
+        result = pump_answers(conn, batch, &mut sink, &mut outcome, false).await;
     }
     if result.is_err() {
         conn.broken = true;
@@ -473,19 +473,6 @@ async fn pump_into(
         batch.flushed = false;
     }
     result.map(|_| outcome)
-}
-
-/// Flushes the queued frames and relays the answers; `Ok(true)` if the server found a plan
-/// stale and the round trip was taken back to be sent again (only with `replayable`).
-async fn send_and_pump(
-    conn: &mut ServerConn,
-    batch: &mut Batch,
-    sink: &mut Sink<'_>,
-    outcome: &mut Outcome,
-    replayable: bool,
-) -> Result<bool, RelayError> {
-    conn.stream.flush().await.map_err(RelayError::Server)?;
-    pump_answers(conn, batch, sink, outcome, replayable).await
 }
 
 impl Batch {
@@ -529,6 +516,8 @@ impl Batch {
     }
 }
 
+/// Sends the queued frames and relays the answers; `Ok(true)` if the server found a plan stale
+/// and the round trip was taken back to be sent again (only with `replayable`).
 async fn pump_answers(
     conn: &mut ServerConn,
     batch: &mut Batch,
@@ -536,6 +525,7 @@ async fn pump_answers(
     outcome: &mut Outcome,
     replayable: bool,
 ) -> Result<bool, RelayError> {
+    conn.stream.flush().await.map_err(RelayError::Server)?;
     // Still possible to send the round trip again: nothing ran and nothing was flushed.
     let mut replayable = replayable;
     let mut taken_back = false;
