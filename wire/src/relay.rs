@@ -97,9 +97,8 @@ pub struct Batch {
     /// server skipped everything after the error and cannot tell us which Parse ran.
     pub injected: Vec<u64>,
     /// Statements this round trip uses that the connection prepared before the client parsed
-    /// them, with their Parse frames: the ones to re-prepare if the server finds a plan stale.
+    /// them: the ones to re-prepare if the server finds a plan stale.
     renewable: Vec<Arc<Statement>>,
-    renew_parses: BytesMut,
     /// A Flush was sent since the last Sync: the server may have run part of the implicit
     /// transaction already, so a round trip can no longer be sent again.
     flushed: bool,
@@ -168,7 +167,6 @@ impl Batch {
                 && !self.renewable.iter().any(|s| s.key == statement.key)
             {
                 self.renewable.push(statement.clone());
-                statement.write_parse(&mut self.renew_parses);
             }
             if client_parse {
                 self.synthetic_empty(backend::PARSE_COMPLETE);
@@ -468,7 +466,6 @@ async fn pump_into(
     }
     batch.injected.clear();
     batch.renewable.clear();
-    batch.renew_parses.clear();
     if batch.queue.is_empty() {
         batch.flushed = false;
     }
@@ -498,8 +495,8 @@ impl Batch {
             message::describe_or_close(out, frontend::CLOSE, b'S', &statement_name(key));
             self.queue.push_back(Expect::Swallow(Reply::CloseComplete));
         }
-        out.extend_from_slice(&self.renew_parses);
         for statement in &self.renewable {
+            statement.write_parse(out);
             // Clients parsing earlier than this may describe the old rows; these statements
             // get their description from the plan about to be prepared.
             note_stale(&server, statement.key);
@@ -512,7 +509,6 @@ impl Batch {
         self.queue.extend(kept.iter().cloned());
         self.replay_queue = kept;
         self.renewable.clear();
-        self.renew_parses.clear();
     }
 }
 
