@@ -104,6 +104,36 @@ impl Layout {
         Ok(tablets)
     }
 
+    /// Fails when `port` (given with `flag`, e.g. `--port`) is one a tablet of `tablets` uses, so
+    /// the clash is named before anything starts instead of surfacing as a tablet whose port
+    /// is taken by Tessera itself.
+    pub fn check_port_free(
+        &self,
+        tablets: &[TabletSpec],
+        flag: &str,
+        port: u16,
+    ) -> anyhow::Result<()> {
+        for tablet in tablets {
+            let role = if port == tablet.postgres_port {
+                "PostgreSQL"
+            } else if port == tablet.pooler_port {
+                "pooler"
+            } else if port == tablet.grpc_port {
+                "gRPC"
+            } else {
+                continue;
+            };
+            bail!(
+                "{flag} {port} is also the {role} port of tablet {} (tablet ports start at base \
+                 port {}: PostgreSQL from there, poolers +1000, gRPC +2000); choose another \
+                 {flag}, or another --base-port for a new cluster",
+                tablet.id,
+                self.base_port
+            );
+        }
+        Ok(())
+    }
+
     /// The layout stored in `data_dir`, if any.
     pub fn load(data_dir: &Path) -> anyhow::Result<Option<Layout>> {
         let path = data_dir.join(LAYOUT_FILE);
@@ -166,6 +196,36 @@ mod tests {
         assert_eq!(tablets[4].postgres_port, 25436);
         assert_eq!(tablets[4].pooler_port, 26436);
         assert_eq!(tablets[4].grpc_port, 27436);
+    }
+
+    #[test]
+    fn a_port_a_tablet_uses_is_refused_with_the_tablet_named() {
+        let layout = Layout {
+            keyspace: "app".into(),
+            shards: 2,
+            replicas: 3,
+            zones: 3,
+            base_port: 25432,
+        };
+        let tablets = layout.tablets(Path::new("/d")).unwrap();
+        let error = layout
+            .check_port_free(&tablets, "--port", 25432)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("--port 25432 is also the PostgreSQL port of tablet zone1-101"),
+            "{error}"
+        );
+        let error = layout
+            .check_port_free(&tablets, "--admin-port", 27437)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("--admin-port 27437 is also the gRPC port of tablet zone3-203"),
+            "{error}"
+        );
+        layout.check_port_free(&tablets, "--port", 15432).unwrap();
+        layout.check_port_free(&tablets, "--port", 25438).unwrap();
     }
 
     #[test]

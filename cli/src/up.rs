@@ -201,6 +201,10 @@ impl LocalCluster {
             .with_context(|| format!("cannot resolve {}", options.data_dir.display()))?;
         let layout = resolve_layout(&options)?;
         let specs = layout.tablets(&data_dir)?;
+        layout.check_port_free(&specs, "--port", options.gate_port)?;
+        if let Some(port) = options.admin_port {
+            layout.check_port_free(&specs, "--admin-port", port)?;
+        }
         check_binaries(&options.pg_bin_dir)?;
 
         let gate_listener = bind(
