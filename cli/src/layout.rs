@@ -208,18 +208,18 @@ mod tests {
             base_port: 25432,
         };
         let tablets = layout.tablets(Path::new("/d")).unwrap();
-        let error = layout
-            .check_port_free(&tablets, "--port", 25432)
-            .unwrap_err()
-            .to_string();
+        let refusal = |flag, port| {
+            layout
+                .check_port_free(&tablets, flag, port)
+                .unwrap_err()
+                .to_string()
+        };
+        let error = refusal("--port", 25432);
         assert!(
             error.starts_with("--port 25432 is also the PostgreSQL port of tablet zone1-101"),
             "{error}"
         );
-        let error = layout
-            .check_port_free(&tablets, "--admin-port", 27437)
-            .unwrap_err()
-            .to_string();
+        let error = refusal("--admin-port", 27437);
         assert!(
             error.starts_with("--admin-port 27437 is also the gRPC port of tablet zone3-203"),
             "{error}"
