@@ -167,15 +167,20 @@ impl Layout {
 mod tests {
     use super::*;
 
-    #[test]
-    fn default_layout_matches_the_documented_cluster() {
-        let layout = Layout {
+    /// What `tessera up` creates without flags.
+    fn default_layout() -> Layout {
+        Layout {
             keyspace: "app".into(),
             shards: 2,
             replicas: 3,
             zones: 3,
             base_port: 25432,
-        };
+        }
+    }
+
+    #[test]
+    fn default_layout_matches_the_documented_cluster() {
+        let layout = default_layout();
         layout.validate().unwrap();
         let tablets = layout.tablets(Path::new("/d")).unwrap();
         let ids: Vec<_> = tablets
@@ -200,13 +205,7 @@ mod tests {
 
     #[test]
     fn a_port_a_tablet_uses_is_refused_with_the_tablet_named() {
-        let layout = Layout {
-            keyspace: "app".into(),
-            shards: 2,
-            replicas: 3,
-            zones: 3,
-            base_port: 25432,
-        };
+        let layout = default_layout();
         let tablets = layout.tablets(Path::new("/d")).unwrap();
         let refusal = |flag, port| {
             layout
