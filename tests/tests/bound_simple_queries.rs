@@ -92,12 +92,7 @@ async fn simple_queries_bound_on_the_server_answer_exactly_like_their_text() {
         )
         .await
         .expect("schema and rows");
-    let tablet = cluster
-        .tablets()
-        .await
-        .into_iter()
-        .next()
-        .expect("one tablet");
+    let tablet = cluster.tablets().await.remove(0);
     let mut gate = raw(
         cluster.cluster.gate_address.port(),
         &keyspace,

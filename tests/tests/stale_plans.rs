@@ -15,12 +15,7 @@ const SELECT: &str = "SELECT * FROM items WHERE tenant_id = $1";
 async fn schema_changes_reprepare_shared_statements_like_postgres_plans_them() {
     let cluster = TestCluster::start(1, 1).await;
     let keyspace = cluster.cluster.layout.keyspace.clone();
-    let tablet = cluster
-        .tablets()
-        .await
-        .into_iter()
-        .next()
-        .expect("one tablet");
+    let tablet = cluster.tablets().await.remove(0);
     let old_client = cluster.client().await;
     old_client
         .batch_execute(
