@@ -86,10 +86,27 @@ impl Hasher for Fnv64 {
 }
 
 pub fn statement_key(sql: &str, param_types: &[u32]) -> u64 {
-    let mut hasher = Fnv64(0xcbf2_9ce4_8422_2325);
-    sql.hash(&mut hasher);
-    param_types.hash(&mut hasher);
-    hasher.finish()
+    SqlKey::of(sql).with_types(param_types)
+}
+
+/// The SQL text's share of [`statement_key`], for callers that key one text with varying
+/// parameter types and should not hash the text again each time.
+#[derive(Debug, Clone, Copy)]
+pub struct SqlKey(u64);
+
+impl SqlKey {
+    pub fn of(sql: &str) -> SqlKey {
+        let mut hasher = Fnv64(0xcbf2_9ce4_8422_2325);
+        sql.hash(&mut hasher);
+        SqlKey(hasher.0)
+    }
+
+    /// `statement_key(sql, param_types)`.
+    pub fn with_types(self, param_types: &[u32]) -> u64 {
+        let mut hasher = Fnv64(self.0);
+        param_types.hash(&mut hasher);
+        hasher.finish()
+    }
 }
 
 pub fn statement_name(key: u64) -> String {

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use tessera_wire::relay::{RelayError, is_stale_plan};
-use tessera_wire::statement::statement_key;
 use tessera_wire::{SqlError, Statement, extended};
 
 use super::multi::Call;
@@ -24,8 +23,7 @@ pub(super) fn allowed_in_failed_transaction(kind: &StatementKind) -> bool {
 /// Server statements a session remembers for its bound simple queries (then it starts over).
 const MAX_BOUND_STATEMENTS: usize = 64;
 
-/// PostgreSQL's refusal to run a prepared statement whose result type changed since it was
-/// prepared (e.g. `SELECT *` after `ALTER TABLE ... ADD COLUMN`).
+/// What PostgreSQL answers to statements in a transaction that already failed.
 pub(super) fn aborted_error() -> SqlError {
     SqlError::new(
         "25P02",
@@ -159,7 +157,7 @@ impl Session {
 
     /// The server statement for `template` with the parameter types in `bind_types`.
     fn bound_statement(&mut self, template: &TemplatePlan) -> Arc<Statement> {
-        let key = statement_key(&template.plan.sql, &self.bind_types);
+        let key = template.sql_key.with_types(&self.bind_types);
         if let Some(statement) = self.bound.get(&key) {
             return statement.clone();
         }

@@ -17,6 +17,7 @@
 use std::sync::Arc;
 
 use bytes::BytesMut;
+use tessera_wire::statement::SqlKey;
 
 use super::bindable::Bindable;
 use super::plan::{KeyValue, StatementKind, StatementPlan, Target};
@@ -60,12 +61,19 @@ const UNSPECIFIED: u32 = 0;
 pub struct TemplatePlan {
     pub plan: Arc<StatementPlan>,
     pub bindable: Bindable,
+    /// The template text's part of its server statement's key (hashed once, not per query).
+    pub sql_key: SqlKey,
 }
 
 impl TemplatePlan {
     pub fn new(plan: Arc<StatementPlan>) -> TemplatePlan {
         let bindable = Bindable::of(&plan.ast, plan.param_count);
-        TemplatePlan { plan, bindable }
+        let sql_key = SqlKey::of(&plan.sql);
+        TemplatePlan {
+            plan,
+            bindable,
+            sql_key,
+        }
     }
 }
 
