@@ -151,6 +151,7 @@ pub async fn run(
             tokio::spawn(async move {
                 tokio::time::sleep(jitter).await;
                 // The shard lock only avoids collisions; without a topology, go ahead anyway.
+                let asked = Instant::now();
                 let lock = if observer.topology_available() {
                     tokio::time::timeout(
                         Duration::from_millis(500),
@@ -181,6 +182,20 @@ pub async fn run(
                         return;
                     }
                 };
+                // A lock that was not free at once was probably held by a coordinator fixing
+                // this shard: wait for tablets to report after it let go (its new term), so
+                // the stale picture from before does not start a needless second change.
+                let locked = Instant::now();
+                if guard.is_some() && locked - asked > CONTENDED_LOCK {
+                    observer
+                        .await_reports_since(
+                            &keyspace,
+                            &shard.record.name,
+                            locked,
+                            FRESH_REPORTS_LIMIT,
+                        )
+                        .await;
+                }
                 // Re-read the shard: the problem may be gone by now.
                 let current = observer
                     .shards()
@@ -253,6 +268,12 @@ pub async fn run(
     tracing::info!(zone = %config.zone, "coordinator stopped");
     Ok(())
 }
+
+/// Taking the shard lock longer than this means another holder was waited for.
+const CONTENDED_LOCK: Duration = Duration::from_millis(50);
+/// Longest wait for fresh tablet reports after a contended lock (status streams report every
+/// 250 ms).
+const FRESH_REPORTS_LIMIT: Duration = Duration::from_millis(750);
 
 fn long_ago() -> Instant {
     Instant::now()

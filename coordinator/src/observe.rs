@@ -155,6 +155,37 @@ impl Observer {
         }
     }
 
+    /// Waits, at most `limit`, until every tablet of the shard with an open status stream has
+    /// reported after `since`. A coordinator that got the shard lock only when another one let
+    /// go of it must not act on statuses from before that coordinator's change.
+    pub async fn await_reports_since(
+        &self,
+        keyspace: &str,
+        shard: &str,
+        since: Instant,
+        limit: Duration,
+    ) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let stale = {
+                let records = self.records.read();
+                records
+                    .1
+                    .iter()
+                    .filter(|t| t.keyspace == keyspace && t.shard == shard)
+                    .any(|t| {
+                        self.statuses
+                            .get(&t.id)
+                            .is_some_and(|o| o.connected && o.updated < since)
+                    })
+            };
+            if !stale || Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Records a shard's new primary locally at once (the topology may be slow or down).
     pub fn note_primary(&self, keyspace: &str, shard: &str, primary: &str, term: u64) {
         let mut records = self.records.write();
