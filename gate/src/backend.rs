@@ -134,7 +134,11 @@ impl Backends {
         cache: &mut SourceCache,
     ) -> Result<PooledConn, AcquireError> {
         if let Some(source) = cache.get(shard, cluster.generation()) {
-            match source.acquire().await {
+            let result = match source.acquire_now() {
+                Some(result) => result,
+                None => source.acquire().await,
+            };
+            match result {
                 Ok(conn) => return Ok(conn),
                 // Resolve again below; that path also buffers while there is no primary.
                 Err(_) => cache.forget(shard),

@@ -14,7 +14,7 @@ use tessera_proto::tablet::TabletStatus;
 use tessera_topology::records::TabletRecord;
 use tessera_wire::pool::AcquireFuture;
 use tessera_wire::scram::Verifier;
-use tessera_wire::{AcquireError, ConnSource, ConnectConfig, Pool, PoolConfig, Target};
+use tessera_wire::{AcquireError, ConnSource, ConnectConfig, Pool, PoolConfig, PooledConn, Target};
 use tokio::sync::watch;
 
 use crate::config::{InitialRole, TabletConfig};
@@ -532,5 +532,12 @@ impl ConnSource for TabletSource {
             self.tablet.check_serving()?;
             self.tablet.pool.get().await
         })
+    }
+
+    fn acquire_now(&self) -> Option<Result<PooledConn, AcquireError>> {
+        if let Err(error) = self.tablet.check_serving() {
+            return Some(Err(error));
+        }
+        self.tablet.pool.get_idle().map(Ok)
     }
 }

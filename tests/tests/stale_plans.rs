@@ -10,6 +10,7 @@ use tessera_tests::{TestCluster, connect};
 use tokio_postgres::types::Type;
 
 const SELECT: &str = "SELECT * FROM items WHERE tenant_id = $1";
+const TAGS: &str = "SELECT * FROM tags WHERE tenant_id = $1";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schema_changes_reprepare_shared_statements_like_postgres_plans_them() {
@@ -123,6 +124,49 @@ async fn schema_changes_reprepare_shared_statements_like_postgres_plans_them() {
         .await
         .expect("new plan");
     assert_eq!(rows[0].len(), 4);
+
+    // A client that parsed its statement after the server connection prepared the same text,
+    // and ran it before the change: its description has the old columns, so after the change
+    // it must get PostgreSQL's error, not a re-prepared plan with rows of another shape.
+    admin
+        .batch_execute(
+            "CREATE TABLE tags (tenant_id bigint, id int, PRIMARY KEY (tenant_id, id));
+             INSERT INTO tags VALUES (1, 1);",
+        )
+        .await
+        .expect("second table");
+    let direct_tags = direct.prepare(TAGS).await.expect("prepare directly");
+    let first = cluster.client().await;
+    let statement = first.prepare(TAGS).await.expect("prepare");
+    assert_eq!(
+        first.query(&statement, &[&1i64]).await.expect("run")[0].len(),
+        2
+    );
+    let second = cluster.client().await;
+    let statement = second
+        .prepare(TAGS)
+        .await
+        .expect("prepare after the server did");
+    assert_eq!(
+        second.query(&statement, &[&1i64]).await.expect("run")[0].len(),
+        2
+    );
+    admin
+        .batch_execute("ALTER TABLE tags ADD COLUMN note text DEFAULT 'n'")
+        .await
+        .expect("column");
+    let expected = direct
+        .query(&direct_tags, &[&1i64])
+        .await
+        .expect_err("PostgreSQL refuses a plan whose result type changed");
+    let through_gate = second
+        .query(&statement, &[&1i64])
+        .await
+        .expect_err("the gate refuses it as PostgreSQL does");
+    assert_eq!(
+        through_gate.as_db_error().map(|e| e.message()),
+        expected.as_db_error().map(|e| e.message())
+    );
 
     cluster.stop().await;
 }

@@ -3,6 +3,7 @@
 //! and borrows from it; malformed bodies give a `WireError::Protocol` naming the message.
 
 use bytes::{BufMut, BytesMut};
+use smallvec::SmallVec;
 
 use super::error::WireError;
 use super::message::{self, frontend};
@@ -81,14 +82,17 @@ impl<'a> Parse<'a> {
     }
 }
 
+/// Parameters (and formats) a Bind holds without a heap allocation; more spill to the heap.
+pub const INLINE_PARAMS: usize = 8;
+
 /// Bind: portal, statement, parameter formats and values, result formats.
 #[derive(Debug)]
 pub struct Bind<'a> {
     pub portal: &'a str,
     pub statement: &'a str,
-    pub param_formats: Vec<i16>,
-    pub params: Vec<Option<&'a [u8]>>,
-    pub result_formats: Vec<i16>,
+    pub param_formats: SmallVec<[i16; INLINE_PARAMS]>,
+    pub params: SmallVec<[Option<&'a [u8]>; INLINE_PARAMS]>,
+    pub result_formats: SmallVec<[i16; INLINE_PARAMS]>,
     /// Offset in the body where the part after the statement name starts (formats onwards),
     /// so the message can be re-emitted with another statement name without re-encoding.
     tail_offset: usize,
@@ -102,12 +106,12 @@ impl<'a> Bind<'a> {
         let statement = utf8(cstr(body, &mut pos, "Bind")?, "Bind")?;
         let tail_offset = pos;
         let n = count(int16(body, &mut pos, "Bind")?, "Bind")?;
-        let mut param_formats = Vec::with_capacity(n);
+        let mut param_formats = SmallVec::with_capacity(n);
         for _ in 0..n {
             param_formats.push(int16(body, &mut pos, "Bind")?);
         }
         let n = count(int16(body, &mut pos, "Bind")?, "Bind")?;
-        let mut params = Vec::with_capacity(n);
+        let mut params = SmallVec::with_capacity(n);
         for _ in 0..n {
             let len = int32(body, &mut pos, "Bind")?;
             if len < 0 {
@@ -122,7 +126,7 @@ impl<'a> Bind<'a> {
             }
         }
         let n = count(int16(body, &mut pos, "Bind")?, "Bind")?;
-        let mut result_formats = Vec::with_capacity(n);
+        let mut result_formats = SmallVec::with_capacity(n);
         for _ in 0..n {
             result_formats.push(int16(body, &mut pos, "Bind")?);
         }
@@ -272,14 +276,14 @@ mod tests {
         let bind = Bind::parse(&frame[5..]).unwrap();
         assert_eq!(bind.portal, "p1");
         assert_eq!(bind.statement, "s1");
-        assert_eq!(bind.params, vec![Some(&7i64.to_be_bytes()[..]), None]);
+        assert_eq!(bind.params[..], [Some(&7i64.to_be_bytes()[..]), None]);
         assert_eq!(bind.param_format(1), 1);
         let mut out = BytesMut::new();
         bind.write_renamed(&mut out, "t00ff");
         let renamed = Bind::parse(&out[5..]).unwrap();
         assert_eq!(renamed.statement, "t00ff");
-        assert_eq!(renamed.params, bind.params);
-        assert_eq!(renamed.result_formats, vec![1]);
+        assert_eq!(renamed.params[..], bind.params[..]);
+        assert_eq!(renamed.result_formats[..], [1]);
     }
 
     #[test]
@@ -289,7 +293,7 @@ mod tests {
         let mut out = BytesMut::new();
         bind.write_subset(&mut out, "x", &[1, 0]);
         let subset = Bind::parse(&out[5..]).unwrap();
-        assert_eq!(subset.params, vec![None, Some(&7i64.to_be_bytes()[..])]);
+        assert_eq!(subset.params[..], [None, Some(&7i64.to_be_bytes()[..])]);
     }
 
     #[test]

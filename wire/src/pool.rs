@@ -54,6 +54,13 @@ pub type AcquireFuture<'a> =
 /// Hands out connections to one tablet's PostgreSQL (directly or through its pooler).
 pub trait ConnSource: Send + Sync {
     fn acquire(&self) -> AcquireFuture<'_>;
+
+    /// A connection if one can be had without waiting (a free slot and an idle connection),
+    /// else `None` and the caller uses [`ConnSource::acquire`]. Saves the boxed future of
+    /// `acquire` on the common path, where the pool has idle connections.
+    fn acquire_now(&self) -> Option<Result<PooledConn, AcquireError>> {
+        None
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -69,7 +76,10 @@ pub struct PoolConfig {
 
 struct PoolInner {
     config: PoolConfig,
-    idle: Mutex<Vec<ServerConn>>,
+    /// Boxed so that lending and returning a connection moves a pointer, not the whole
+    /// connection state (buffers, prepared set, settings).
+    #[allow(clippy::vec_box)]
+    idle: Mutex<Vec<Box<ServerConn>>>,
     permits: Arc<Semaphore>,
     /// Bumped by `reset`; connections from an older generation are closed on release.
     generation: AtomicU64,
@@ -117,26 +127,16 @@ impl Pool {
             error: "pool closed".into(),
         })?;
         let generation = self.inner.generation.load(Ordering::Acquire);
-        // Skip idle connections the server closed meanwhile, so a query never goes out on a
-        // connection that is already dead (after a server restart or failover).
-        let idle = loop {
-            let candidate = self.inner.idle.lock().pop();
-            match candidate {
-                Some(conn) if conn.stream.is_dead() => {
-                    tracing::debug!(pool = %config.name, "dropping a dead idle connection");
-                    continue;
-                }
-                other => break other,
-            }
-        };
-        let conn = match idle {
+        let conn = match self.pop_live_idle() {
             Some(conn) => conn,
-            None => ServerConn::connect(&config.connect)
-                .await
-                .map_err(|error| AcquireError::Connect {
-                    target: config.connect.target.to_string(),
-                    error: describe(&error),
-                })?,
+            None => Box::new(
+                ServerConn::connect(&config.connect)
+                    .await
+                    .map_err(|error| AcquireError::Connect {
+                        target: config.connect.target.to_string(),
+                        error: describe(&error),
+                    })?,
+            ),
         };
         Ok(PooledConn {
             conn: Some(conn),
@@ -144,6 +144,31 @@ impl Pool {
             generation,
             _permit: Some(permit),
         })
+    }
+
+    /// An idle connection, if one is there and the pool has room, without waiting.
+    pub fn get_idle(&self) -> Option<PooledConn> {
+        let permit = self.inner.permits.clone().try_acquire_owned().ok()?;
+        let generation = self.inner.generation.load(Ordering::Acquire);
+        let conn = self.pop_live_idle()?;
+        Some(PooledConn {
+            conn: Some(conn),
+            pool: Some(self.inner.clone()),
+            generation,
+            _permit: Some(permit),
+        })
+    }
+
+    /// Pops idle connections until one the server has not closed meanwhile, so a query never
+    /// goes out on a connection that is already dead (after a server restart or failover).
+    fn pop_live_idle(&self) -> Option<Box<ServerConn>> {
+        loop {
+            let conn = self.inner.idle.lock().pop()?;
+            if !conn.stream.is_dead() {
+                return Some(conn);
+            }
+            tracing::debug!(pool = %self.inner.config.name, "dropping a dead idle connection");
+        }
     }
 
     /// Closes idle connections and makes connections in use close when released (after the
@@ -173,12 +198,16 @@ impl ConnSource for Pool {
     fn acquire(&self) -> AcquireFuture<'_> {
         Box::pin(self.get())
     }
+
+    fn acquire_now(&self) -> Option<Result<PooledConn, AcquireError>> {
+        self.get_idle().map(Ok)
+    }
 }
 
 /// A connection on loan from a pool; returned when dropped if it is still clean (idle
 /// transaction state, nothing unread), otherwise closed.
 pub struct PooledConn {
-    conn: Option<ServerConn>,
+    conn: Option<Box<ServerConn>>,
     pool: Option<Arc<PoolInner>>,
     generation: u64,
     _permit: Option<OwnedSemaphorePermit>,
@@ -188,7 +217,7 @@ impl PooledConn {
     /// A connection that belongs to no pool (closed when dropped).
     pub fn unpooled(conn: ServerConn) -> PooledConn {
         PooledConn {
-            conn: Some(conn),
+            conn: Some(Box::new(conn)),
             pool: None,
             generation: 0,
             _permit: None,

@@ -99,6 +99,10 @@ pub struct Batch {
     /// Statements this round trip uses that the connection prepared before the client parsed
     /// them: the ones to re-prepare if the server finds a plan stale.
     renewable: Vec<Arc<Statement>>,
+    /// Renewable statements this round trip binds. If it succeeds, the server ran them with a
+    /// plan checked against every schema change committed before it was sent, so the
+    /// connection's copy counts as prepared then (see `pump_into`).
+    validated: Vec<u64>,
     /// A Flush was sent since the last Sync: the server may have run part of the implicit
     /// transaction already, so a round trip can no longer be sent again.
     flushed: bool,
@@ -188,6 +192,7 @@ impl Batch {
     /// The client's Bind, re-targeted at the content-named statement.
     pub fn bind(&mut self, conn: &mut ServerConn, statement: &Arc<Statement>, bind: &Bind<'_>) {
         self.prepare(conn, statement, false);
+        self.note_bound(statement);
         bind.write_renamed(&mut conn.stream.write_buf, &statement.name);
         self.queue.push_back(Expect::Forward(Reply::BindComplete));
     }
@@ -202,8 +207,25 @@ impl Batch {
         forward: bool,
     ) {
         self.prepare(conn, statement, false);
+        self.note_bound(statement);
         bind.write_subset(&mut conn.stream.write_buf, &statement.name, param_map);
         self.push_reply(Reply::BindComplete, forward);
+    }
+
+    /// A Bind of a renewable statement checks its plan on the server (PostgreSQL revalidates
+    /// a cached plan when a portal is created from it, and refuses one whose result type
+    /// changed).
+    fn note_bound(&mut self, statement: &Statement) {
+        if self.renewable.iter().any(|s| s.key == statement.key) {
+            self.validated.push(statement.key);
+        }
+    }
+
+    /// Forgets the bookkeeping of a round trip that was never sent (the queue must be empty).
+    pub fn reset(&mut self) {
+        self.injected.clear();
+        self.renewable.clear();
+        self.validated.clear();
     }
 
     pub fn describe_statement(&mut self, conn: &mut ServerConn, statement: &Arc<Statement>) {
@@ -430,6 +452,12 @@ async fn pump_into(
         Sink::Collect(_) => None,
     };
     let replayable = client_start.is_some() && batch.may_replay(conn);
+    // Taken before sending: the server's check of these plans happens after this tick.
+    let sent_at = if batch.validated.is_empty() {
+        0
+    } else {
+        crate::statement::parse_clock()
+    };
     if replayable {
         batch.replay_bytes.clear();
         batch.replay_bytes.extend_from_slice(&conn.stream.write_buf);
@@ -464,6 +492,15 @@ async fn pump_into(
             }
         }
     }
+    if result.is_ok() && outcome.error.is_none() {
+        // Clients that parsed before `sent_at` need no replay for these statements any more:
+        // without this, a connection that prepared a statement before a client parsed it
+        // would keep copying every round trip of that client in case of a stale plan.
+        for &key in &batch.validated {
+            conn.prepared.revalidated(key, sent_at);
+        }
+    }
+    batch.validated.clear();
     batch.injected.clear();
     batch.renewable.clear();
     if batch.queue.is_empty() {
@@ -509,6 +546,8 @@ impl Batch {
         self.queue.extend(kept.iter().cloned());
         self.replay_queue = kept;
         self.renewable.clear();
+        // Prepared anew just above.
+        self.validated.clear();
     }
 }
 

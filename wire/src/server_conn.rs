@@ -1,7 +1,7 @@
 //! `ServerConn`: one authenticated connection from Tessera to a PostgreSQL server or to a
 //! tablet pooler (which speaks the same protocol).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,7 +63,7 @@ impl std::fmt::Debug for ConnectConfig {
 #[derive(Debug, Default)]
 pub struct PreparedSet {
     /// Statement key -> when this connection prepared it (`statement::parse_clock`).
-    keys: HashMap<u64, u64>,
+    keys: foldhash::HashMap<u64, u64>,
     order: VecDeque<u64>,
     /// Evicted statements still to be closed on the server before the next use.
     pub to_close: Vec<u64>,
@@ -93,6 +93,14 @@ impl PreparedSet {
                 self.keys.remove(&old);
                 self.to_close.push(old);
             }
+        }
+    }
+
+    /// The server ran `key` successfully with a plan checked after parse-clock tick `at`: the
+    /// connection's copy is as current as one prepared then.
+    pub fn revalidated(&mut self, key: u64, at: u64) {
+        if let Some(prepared_at) = self.keys.get_mut(&key) {
+            *prepared_at = (*prepared_at).max(at);
         }
     }
 
@@ -431,6 +439,21 @@ pub fn decode_text_row(body: &[u8]) -> Result<Vec<Option<String>>, WireError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_revalidated_statement_counts_as_prepared_at_the_later_tick_only() {
+        let mut prepared = PreparedSet::default();
+        prepared.insert(7);
+        let at = prepared.prepared_at(7).expect("prepared");
+        prepared.revalidated(7, at + 10);
+        assert_eq!(prepared.prepared_at(7), Some(at + 10));
+        // An older check never moves it back.
+        prepared.revalidated(7, at + 5);
+        assert_eq!(prepared.prepared_at(7), Some(at + 10));
+        // A statement the connection does not hold stays unknown.
+        prepared.revalidated(8, at + 20);
+        assert_eq!(prepared.prepared_at(8), None);
+    }
 
     #[test]
     fn prepared_set_evicts_oldest_and_remembers_to_close_it() {

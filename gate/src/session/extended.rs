@@ -231,7 +231,7 @@ impl Session {
     ) -> Result<(), SqlError> {
         let bind = Bind::parse(&frame[5..]).map_err(|e| SqlError::fatal("08P01", e.to_string()))?;
         let statement = self.statement(bind.statement)?;
-        if !bind.portal.is_empty() && self.portals.contains_key(bind.portal) {
+        if !bind.portal.is_empty() && self.portals.contains(bind.portal) {
             return Err(SqlError::new(
                 "42P03",
                 format!("portal \"{}\" already exists", bind.portal),
@@ -280,7 +280,7 @@ impl Session {
             self.emit_empty(backend::BIND_COMPLETE, *active);
         }
         self.portals.insert(
-            bind.portal.to_string(),
+            bind.portal,
             Portal {
                 statement,
                 route,

@@ -7,11 +7,11 @@
 
 mod extended;
 mod multi;
+mod portals;
 mod settings;
 mod simple;
 mod transaction;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -25,10 +25,10 @@ use crate::cluster::KeyspaceView;
 use crate::server::{CancelEntry, RunningQuery, Shared};
 use crate::sql::error::PlanError;
 use crate::sql::plan::StatementPlan;
-use crate::sql::route::Route;
 use crate::sql::shardmap::ShardIndex;
 use crate::sql::template::Template;
 
+pub(crate) use portals::{Portal, Portals};
 pub(crate) use settings::Settings;
 pub(crate) use transaction::Tx;
 
@@ -41,21 +41,12 @@ pub(crate) struct ClientStatement {
     pub plan: Option<Arc<StatementPlan>>,
 }
 
-/// A bound portal.
-pub(crate) struct Portal {
-    pub statement: Arc<ClientStatement>,
-    pub route: Route,
-    /// The client's Bind frame body, re-sent to each shard of a multi-shard portal.
-    pub bind: bytes::Bytes,
-    /// Results of a multi-shard portal, computed at Describe or Execute, emitted at Execute.
-    pub buffered: Option<multi::Buffered>,
-}
-
 /// A server connection in use by this session, with the frames queued for it.
 pub(crate) struct Held {
     pub shard: ShardIndex,
     pub conn: PooledConn,
-    pub batch: Batch,
+    /// Boxed, like the connection, so that taking and giving back a connection moves pointers.
+    pub batch: Box<Batch>,
     /// Joined the client's explicit transaction (BEGIN was sent).
     pub in_transaction: bool,
 }
@@ -68,8 +59,8 @@ pub(crate) struct Session {
     process_id: i32,
     cancel: Arc<CancelEntry>,
     settings: Settings,
-    statements: HashMap<String, Arc<ClientStatement>>,
-    portals: HashMap<String, Portal>,
+    statements: foldhash::HashMap<String, Arc<ClientStatement>>,
+    portals: Portals,
     tx: Tx,
     /// Invariant: at most one entry per shard.
     held: Vec<Held>,
@@ -83,10 +74,11 @@ pub(crate) struct Session {
     /// Parameter types of the current template's constants (scratch, reused).
     bind_types: Vec<u32>,
     /// Server statements of bound simple queries, by content key (see `simple::single_bound`).
-    bound: HashMap<u64, Arc<Statement>>,
+    bound: foldhash::HashMap<u64, Arc<Statement>>,
     /// Empty batch queues of released connections, reused by the next `hold`.
     /// Invariant: every entry is empty; at most `MAX_SPARE_BATCHES`.
-    spare_batches: Vec<Batch>,
+    #[allow(clippy::vec_box)] // boxed for the same reason as `Held::batch`
+    spare_batches: Vec<Box<Batch>>,
     /// Connection sources resolved for this session's shards (see `Backends::acquire`).
     sources: SourceCache,
     /// Scratch list of the shards a Sync goes to (reused).
@@ -200,15 +192,15 @@ impl Session {
             process_id,
             cancel,
             settings,
-            statements: HashMap::new(),
-            portals: HashMap::new(),
+            statements: Default::default(),
+            portals: Portals::default(),
             tx: Tx::default(),
             held: Vec::new(),
             view: None,
             skip_to_sync: false,
             template: Template::default(),
             bind_types: Vec::new(),
-            bound: HashMap::new(),
+            bound: Default::default(),
             spare_batches: Vec::new(),
             sync_order: Vec::new(),
             sources: SourceCache::default(),
@@ -482,9 +474,9 @@ impl Session {
     }
 
     /// Keeps the (empty) queue of a released connection for the next borrow.
-    fn recycle(&mut self, mut batch: Batch) {
+    fn recycle(&mut self, mut batch: Box<Batch>) {
         if batch.is_empty() && self.spare_batches.len() < MAX_SPARE_BATCHES {
-            batch.injected.clear();
+            batch.reset();
             self.spare_batches.push(batch);
         }
     }

@@ -31,11 +31,11 @@ pub(crate) struct Buffered {
 }
 
 /// How the client sent the statement.
-pub(super) enum Call<'a> {
+pub(super) enum Call<'a, 'b> {
     Simple,
     Extended {
         statement: &'a ClientStatement,
-        bind: &'a Bind<'a>,
+        bind: &'a Bind<'b>,
     },
 }
 
@@ -123,7 +123,7 @@ impl Session {
         &mut self,
         plan: &Arc<StatementPlan>,
         route: &Route,
-        call: Call<'_>,
+        call: Call<'_, '_>,
     ) -> Result<Buffered, SqlError> {
         let view = self.view()?;
         let work = self.shard_work(plan, route, view.shards.len())?;
