@@ -34,6 +34,16 @@ async fn separate_processes_serve_the_walking_skeleton_sql() {
         metrics.contains("tessera_gate_client_connections"),
         "{metrics}"
     );
+    // Statement counters are registered once per gate; they must count on the real recorder.
+    for protocol in ["simple", "extended"] {
+        let prefix = format!("tessera_gate_queries_total{{protocol=\"{protocol}\"}} ");
+        let count: f64 = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in {metrics}"));
+        assert!(count > 0.0, "{protocol} statements not counted: {metrics}");
+    }
     deployment.stop().await;
 }
 

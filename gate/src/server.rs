@@ -32,6 +32,23 @@ pub struct CancelEntry {
     pub running: parking_lot::Mutex<Vec<RunningQuery>>,
 }
 
+/// Handles of the metrics every statement updates, registered once: `metrics::counter!` looks
+/// its key up in the recorder's registry (hashing and comparing name and labels) on each call.
+pub struct HotMetrics {
+    pub simple_queries: metrics::Counter,
+    pub extended_batches: metrics::Counter,
+}
+
+impl HotMetrics {
+    /// Registers with the recorder installed now; install it before starting the gate.
+    fn register() -> HotMetrics {
+        HotMetrics {
+            simple_queries: metrics::counter!("tessera_gate_queries_total", "protocol" => "simple"),
+            extended_batches: metrics::counter!("tessera_gate_queries_total", "protocol" => "extended"),
+        }
+    }
+}
+
 /// State shared by all sessions of one gate.
 pub struct Shared {
     pub config: Arc<GateConfig>,
@@ -46,6 +63,7 @@ pub struct Shared {
     next_transaction: AtomicU64,
     /// Server parameters reported to clients at startup (from the first backend connection).
     pub server_params: parking_lot::RwLock<Vec<(String, String)>>,
+    pub metrics: HotMetrics,
 }
 
 impl Shared {
@@ -69,6 +87,7 @@ impl Shared {
             next_process_id: AtomicI32::new(1),
             next_transaction: AtomicU64::new(1),
             server_params: parking_lot::RwLock::new(default_server_params()),
+            metrics: HotMetrics::register(),
         }
     }
 

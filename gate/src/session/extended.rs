@@ -58,7 +58,7 @@ impl Session {
                 self.tx.fail();
             }
         }
-        metrics::counter!("tessera_gate_queries_total", "protocol" => "extended").increment(1);
+        self.shared.metrics.extended_batches.increment(1);
         if sync {
             self.finish_sync(active).await?;
         } else if let Some(shard) = active {

@@ -40,7 +40,7 @@ impl Session {
                 return Ok(Flow::Close);
             }
         };
-        metrics::counter!("tessera_gate_queries_total", "protocol" => "simple").increment(1);
+        self.shared.metrics.simple_queries.increment(1);
         if let Err(error) = self.run_simple(sql).await {
             error.encode(&mut self.client.write_buf);
             if error.severity == "FATAL" {
