@@ -36,10 +36,6 @@ pub struct ClusterArgs {
 }
 
 pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
-    // Metrics are recorded as under `tessera up`, which serves them by default, so the figures
-    // include what recording them costs.
-    tessera_cli::telemetry::serve_metrics(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
-        .map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let data_dir = std::path::absolute(&args.data_dir)?;
@@ -62,6 +58,9 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     let mut options = UpOptions::new(data_dir.join("cluster"));
     options.gate_port = 0;
     options.admin_port = None;
+    // Metrics are recorded as under `tessera up`, which serves them by default, so the figures
+    // include what recording them costs.
+    options.metrics_port = Some(0);
     options.topo = Some(url);
     options.shards = Some(args.shards);
     options.replicas = Some(args.replicas);

@@ -71,6 +71,9 @@ pub struct UpOptions {
     pub gate_port: u16,
     /// `None`: no admin endpoint.
     pub admin_port: Option<u16>,
+    /// Port of the Prometheus endpoint (`0`: any free port). `None`: no endpoint, and no
+    /// recorder installed by the cluster (there can be one per process).
+    pub metrics_port: Option<u16>,
     pub topo: Option<String>,
     pub shards: Option<usize>,
     pub replicas: Option<usize>,
@@ -93,6 +96,7 @@ impl UpOptions {
             data_dir: data_dir.into(),
             gate_port: 15432,
             admin_port: Some(15999),
+            metrics_port: None,
             topo: None,
             shards: None,
             replicas: None,
@@ -206,6 +210,12 @@ impl LocalCluster {
             layout.check_port_free(&specs, "--admin-port", port)?;
         }
         check_binaries(&options.pg_bin_dir)?;
+        if let Some(port) = options.metrics_port {
+            layout.check_port_free(&specs, "--metrics-port", port)?;
+            // Before the gate starts: it registers its hot counters with the recorder then.
+            crate::telemetry::serve_metrics(SocketAddr::from(([127, 0, 0, 1], port)))
+                .map_err(anyhow::Error::msg)?;
+        }
 
         let gate_listener = bind(
             SocketAddr::from(([127, 0, 0, 1], options.gate_port)),
@@ -477,10 +487,6 @@ fn tablet_config(
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     // Registered first, so a Ctrl-C during a long start (initdb) still stops cleanly.
     let shutdown = ShutdownSignal::install()?;
-    if args.metrics_port != 0 {
-        crate::telemetry::serve_metrics(SocketAddr::from(([127, 0, 0, 1], args.metrics_port)))
-            .map_err(anyhow::Error::msg)?;
-    }
     let mut pg_settings = BTreeMap::new();
     if args.unsafe_no_fsync {
         pg_settings.insert("fsync".to_string(), "off".to_string());
@@ -489,6 +495,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         gate_port: args.port,
         admin_port: Some(args.admin_port),
+        metrics_port: (args.metrics_port != 0).then_some(args.metrics_port),
         topo: args.topo,
         shards: args.shards,
         replicas: args.replicas,

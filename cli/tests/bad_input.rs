@@ -225,3 +225,35 @@ async fn unknown_records_and_fields_are_ignored() {
     let shards = tessera(&["shard", "list", "--keyspace", "app", "--topo", &topo]).await;
     assert!(shards.ok().contains("80-"), "{}", shards.stdout);
 }
+
+#[tokio::test]
+async fn up_names_a_metrics_port_that_a_tablet_would_use_before_starting_anything() {
+    // Goal: `--metrics-port` equal to a tablet's PostgreSQL port is refused with the flag, the
+    // port and the tablet named, before any PostgreSQL starts (as for `--port`).
+    let dir = short_temp_dir();
+    let data_dir = dir.path().join("cluster").display().to_string();
+    let ports = free_ports(2);
+    let outcome = tessera(&[
+        "up",
+        "--data-dir",
+        &data_dir,
+        "--port",
+        &ports[0].to_string(),
+        "--admin-port",
+        &ports[1].to_string(),
+        "--base-port",
+        "25432",
+        "--metrics-port",
+        "25432",
+    ])
+    .await;
+    let line = outcome.failed();
+    assert!(
+        line.contains("--metrics-port 25432 is also the PostgreSQL port of tablet zone1-101"),
+        "{line}"
+    );
+    assert!(
+        !dir.path().join("cluster").join("zone1-101").exists(),
+        "a tablet directory was created before the refusal"
+    );
+}
