@@ -103,15 +103,7 @@ async fn schema_changes_reprepare_shared_statements_like_postgres_plans_them() {
         .query(&old, &[&1i64])
         .await
         .expect_err("the gate refuses the old statement as PostgreSQL does");
-    assert_eq!(
-        through_gate.code(),
-        expected.code(),
-        "gate: {through_gate:?}, PostgreSQL: {expected:?}"
-    );
-    assert_eq!(
-        through_gate.as_db_error().map(|e| e.message()),
-        expected.as_db_error().map(|e| e.message())
-    );
+    assert_same_refusal(&through_gate, &expected);
     let through_gate = old_client
         .query(&old_typed, &[&1i64])
         .await
@@ -163,10 +155,21 @@ async fn schema_changes_reprepare_shared_statements_like_postgres_plans_them() {
         .query(&statement, &[&1i64])
         .await
         .expect_err("the gate refuses it as PostgreSQL does");
-    assert_eq!(
-        through_gate.as_db_error().map(|e| e.message()),
-        expected.as_db_error().map(|e| e.message())
-    );
+    assert_same_refusal(&through_gate, &expected);
 
     cluster.stop().await;
+}
+
+/// The gate's error is PostgreSQL's own: same SQLSTATE and message.
+fn assert_same_refusal(through_gate: &tokio_postgres::Error, expected: &tokio_postgres::Error) {
+    assert_eq!(
+        through_gate.code(),
+        expected.code(),
+        "gate: {through_gate:?}, PostgreSQL: {expected:?}"
+    );
+    assert_eq!(
+        through_gate.as_db_error().map(|e| e.message()),
+        expected.as_db_error().map(|e| e.message()),
+        "gate: {through_gate:?}, PostgreSQL: {expected:?}"
+    );
 }

@@ -221,7 +221,8 @@ impl Batch {
         }
     }
 
-    /// Forgets the bookkeeping of a round trip that was never sent (the queue must be empty).
+    /// Forgets the current round trip's statement bookkeeping (after its answers, or for a
+    /// queue given back unsent).
     pub fn reset(&mut self) {
         self.injected.clear();
         self.renewable.clear();
@@ -500,9 +501,7 @@ async fn pump_into(
             conn.prepared.revalidated(key, sent_at);
         }
     }
-    batch.validated.clear();
-    batch.injected.clear();
-    batch.renewable.clear();
+    batch.reset();
     if batch.queue.is_empty() {
         batch.flushed = false;
     }
