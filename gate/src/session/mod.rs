@@ -75,6 +75,9 @@ pub(crate) struct Session {
     bind_types: Vec<u32>,
     /// Server statements of bound simple queries, by content key (see `simple::single_bound`).
     bound: foldhash::HashMap<u64, Arc<Statement>>,
+    /// Content keys of parameterless scatter SELECTs this session ran once as text: the second
+    /// run binds (`multi::scatter_statement`), so one-off texts never take a server statement.
+    scatter_seen: foldhash::HashSet<u64>,
     /// Empty batch queues of released connections, reused by the next `hold`.
     /// Invariant: every entry is empty; at most `MAX_SPARE_BATCHES`.
     #[allow(clippy::vec_box)] // boxed for the same reason as `Held::batch`
@@ -201,6 +204,7 @@ impl Session {
             template: Template::default(),
             bind_types: Vec::new(),
             bound: Default::default(),
+            scatter_seen: Default::default(),
             spare_batches: Vec::new(),
             sync_order: Vec::new(),
             sources: SourceCache::default(),

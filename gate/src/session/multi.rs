@@ -13,7 +13,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures::future::join_all;
 use tessera_wire::extended::Bind;
 use tessera_wire::message::{self, backend, frontend};
-use tessera_wire::relay::{self, Collected, Expect, Reply};
+use tessera_wire::relay::{self, Collected, Expect, Outcome, RelayError, Reply, is_stale_plan};
+use tessera_wire::statement::SqlKey;
 use tessera_wire::{SqlError, Statement};
 
 use super::{ClientStatement, Session};
@@ -38,6 +39,9 @@ pub(super) enum Call<'a, 'b> {
         bind: &'a Bind<'b>,
     },
 }
+
+/// Scatter texts a session remembers having run once (then it starts over).
+const MAX_SCATTER_SEEN: usize = 64;
 
 /// What one shard runs.
 struct ShardWork {
@@ -130,6 +134,7 @@ impl Session {
         let atomic = is_atomic_write(&plan.kind);
         let implicit = atomic && !self.tx.is_open() && work.len() > 1;
 
+        let bound = self.scatter_statement(plan, &work, &call);
         let mut indices = Vec::with_capacity(work.len());
         for item in &work {
             let index = self.hold(item.shard).await?;
@@ -138,7 +143,13 @@ impl Session {
                 held.batch.query(&mut held.conn, "BEGIN", false);
             }
             match &call {
-                Call::Simple => held.batch.query(&mut held.conn, &item.sql, true),
+                Call::Simple => match &bound {
+                    Some(statement) => {
+                        held.batch
+                            .query_prepared(&mut held.conn, statement, |_, _| {})
+                    }
+                    None => held.batch.query(&mut held.conn, &item.sql, true),
+                },
                 Call::Extended { statement, bind } => {
                     let conn = &mut held.conn;
                     match &item.param_map {
@@ -178,18 +189,11 @@ impl Session {
             indices.push(index);
         }
 
-        let mut pending: Vec<_> = self
-            .held
-            .iter_mut()
-            .enumerate()
-            .filter(|(index, _)| indices.contains(index))
-            .collect();
-        let results = join_all(pending.iter_mut().map(|(index, held)| async move {
-            let mut collected = Collected::default();
-            let result = relay::collect(&mut held.conn, &mut held.batch, &mut collected).await;
-            (*index, collected, result)
-        }))
-        .await;
+        let mut results = self.collect_all(&indices).await;
+        if let Some(statement) = &bound {
+            self.rerun_stale_as_text(statement, &work, &mut results)
+                .await;
+        }
 
         let mut by_index: Vec<(usize, Collected)> = Vec::with_capacity(results.len());
         let mut first_error: Option<SqlError> = None;
@@ -301,6 +305,93 @@ impl Session {
             rows: rows.into(),
             tag,
         })
+    }
+
+    /// The server statement a parameterless scatter SELECT runs as, outside a transaction: like
+    /// a bound single-shard simple query (`simple.rs`), PostgreSQL then skips parse and plan on
+    /// every shard. `None` to send the text: always at a text's first run in this session, so
+    /// ad-hoc queries with changing literals do not crowd the connections' prepared statements.
+    fn scatter_statement(
+        &mut self,
+        plan: &StatementPlan,
+        work: &[ShardWork],
+        call: &Call<'_, '_>,
+    ) -> Option<Arc<Statement>> {
+        let sql = &work.first()?.sql;
+        let eligible = matches!(call, Call::Simple)
+            && plan.kind == StatementKind::Select
+            && plan.param_count == 0
+            && self.shared.config.prepare_simple_queries
+            && !self.tx.is_open()
+            && work.iter().all(|w| w.param_map.is_none() && w.sql == *sql);
+        if !eligible {
+            return None;
+        }
+        let key = SqlKey::of(sql).with_types(&[]);
+        if !self.bound.contains_key(&key) && !self.scatter_seen.contains(&key) {
+            if self.scatter_seen.len() >= MAX_SCATTER_SEEN {
+                self.scatter_seen.clear();
+            }
+            self.scatter_seen.insert(key);
+            return None;
+        }
+        self.scatter_seen.remove(&key);
+        Some(self.remembered_statement(key, sql, &[]))
+    }
+
+    /// Waits for every held connection in `indices` to answer its queued round trip.
+    async fn collect_all(
+        &mut self,
+        indices: &[usize],
+    ) -> Vec<(usize, Collected, Result<Outcome, RelayError>)> {
+        let mut pending: Vec<_> = self
+            .held
+            .iter_mut()
+            .enumerate()
+            .filter(|(index, _)| indices.contains(index))
+            .collect();
+        join_all(pending.iter_mut().map(|(index, held)| async move {
+            let mut collected = Collected::default();
+            let result = relay::collect(&mut held.conn, &mut held.batch, &mut collected).await;
+            (*index, collected, result)
+        }))
+        .await
+    }
+
+    /// A shard whose server refused the bound `statement` as stale (DDL changed its result
+    /// type) runs the text instead, as a single-shard bound query does. That is safe: no
+    /// transaction is open, the refusal came before the statement ran there, and the answers
+    /// were collected, not sent. Only the refusing shards run again.
+    async fn rerun_stale_as_text(
+        &mut self,
+        statement: &Statement,
+        work: &[ShardWork],
+        results: &mut [(usize, Collected, Result<Outcome, RelayError>)],
+    ) {
+        let stale: Vec<usize> = results
+            .iter()
+            .filter(|(_, _, result)| {
+                matches!(result, Ok(outcome) if outcome.error.as_ref().is_some_and(is_stale_plan))
+            })
+            .map(|(index, _, _)| *index)
+            .collect();
+        if stale.is_empty() {
+            return;
+        }
+        self.bound.remove(&statement.key);
+        // The text repeats: its next run prepares it anew.
+        self.scatter_seen.insert(statement.key);
+        metrics::counter!("tessera_gate_stale_prepared_total").increment(stale.len() as u64);
+        for index in &stale {
+            let held = &mut self.held[*index];
+            held.conn.prepared.forget(statement.key);
+            held.batch.query(&mut held.conn, &work[0].sql, true);
+        }
+        for rerun in self.collect_all(&stale).await {
+            if let Some(slot) = results.iter_mut().find(|(index, _, _)| *index == rerun.0) {
+                *slot = rerun;
+            }
+        }
     }
 
     fn shard_work(

@@ -158,16 +158,27 @@ impl Session {
     /// The server statement for `template` with the parameter types in `bind_types`.
     fn bound_statement(&mut self, template: &TemplatePlan) -> Arc<Statement> {
         let key = template.sql_key.with_types(&self.bind_types);
+        let types = std::mem::take(&mut self.bind_types);
+        let statement = self.remembered_statement(key, &template.plan.sql, &types);
+        self.bind_types = types;
+        statement
+    }
+
+    /// The server statement for `sql` with `param_types` (content `key`), which the session
+    /// remembers.
+    pub(super) fn remembered_statement(
+        &mut self,
+        key: u64,
+        sql: &Arc<str>,
+        param_types: &[u32],
+    ) -> Arc<Statement> {
         if let Some(statement) = self.bound.get(&key) {
             return statement.clone();
         }
         if self.bound.len() >= MAX_BOUND_STATEMENTS {
             self.bound.clear();
         }
-        let statement = Arc::new(Statement::new(
-            template.plan.sql.clone(),
-            self.bind_types.clone(),
-        ));
+        let statement = Arc::new(Statement::new(sql.clone(), param_types.to_vec()));
         self.bound.insert(key, statement.clone());
         statement
     }
