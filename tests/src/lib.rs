@@ -6,6 +6,7 @@
 pub mod ha;
 pub mod processes;
 pub mod proxy;
+pub mod raw;
 pub mod workload;
 
 use std::net::TcpListener;

@@ -6,45 +6,26 @@
 //! template (`$1`) for a bound query and the literal text otherwise.
 
 use tessera_tests::TestCluster;
-use tessera_wire::message::{self, backend};
-use tessera_wire::{ConnectConfig, ServerConn, SqlError, Target};
+use tessera_wire::message::backend;
+use tessera_wire::{ServerConn, SqlError};
 
 /// A raw protocol connection, so the comparison sees every frame and type OID.
 async fn raw(port: u16, database: &str, application_name: &str) -> ServerConn {
-    ServerConn::connect(&ConnectConfig {
-        target: Target::Tcp {
-            host: "127.0.0.1".into(),
-            port,
-        },
-        user: "postgres".into(),
-        password: "postgres".into(),
-        database: database.into(),
-        params: vec![("application_name".into(), application_name.into())],
-        connect_timeout_ms: 10_000,
-    })
-    .await
-    .expect("raw connection")
+    let params = vec![("application_name".into(), application_name.into())];
+    tessera_tests::raw::connect(port, database, params).await
 }
 
 /// The frames answering one simple query, up to and including ReadyForQuery. Errors are
 /// reduced to their SQLSTATE: a bound parameter's error has no cursor position.
 async fn answer(conn: &mut ServerConn, sql: &str) -> Vec<(char, Vec<u8>)> {
-    message::query(&mut conn.stream.write_buf, sql);
-    conn.stream.flush().await.expect("send query");
-    let mut frames = Vec::new();
-    loop {
-        let (tag, len) = conn.stream.next_frame().await.expect("answer frame");
-        let body = conn.stream.body(len).to_vec();
-        conn.stream.consume(len);
-        match tag {
-            backend::NOTICE | backend::PARAMETER_STATUS => continue,
-            backend::ERROR => frames.push(('E', SqlError::from_body(&body).code.into_bytes())),
-            _ => frames.push((tag as char, body)),
-        }
-        if tag == backend::READY_FOR_QUERY {
-            return frames;
-        }
-    }
+    tessera_tests::raw::answer(conn, sql)
+        .await
+        .into_iter()
+        .map(|(tag, body)| match tag {
+            backend::ERROR => ('E', SqlError::from_body(&body).code.into_bytes()),
+            _ => (tag as char, body),
+        })
+        .collect()
 }
 
 /// What the gate's server connection last ran for the query carrying `marker`.

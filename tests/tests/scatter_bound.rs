@@ -7,43 +7,9 @@
 
 use std::path::PathBuf;
 
+use tessera_tests::raw::{answer, connect};
 use tessera_tests::{TestCluster, temp_dir, test_options};
-use tessera_wire::message::{self, backend};
-use tessera_wire::{ConnectConfig, ServerConn, Target};
-
-async fn raw(port: u16, database: &str) -> ServerConn {
-    ServerConn::connect(&ConnectConfig {
-        target: Target::Tcp {
-            host: "127.0.0.1".into(),
-            port,
-        },
-        user: "postgres".into(),
-        password: "postgres".into(),
-        database: database.into(),
-        params: Vec::new(),
-        connect_timeout_ms: 10_000,
-    })
-    .await
-    .expect("raw connection")
-}
-
-/// Every frame answering one simple query, up to and including ReadyForQuery.
-async fn answer(conn: &mut ServerConn, sql: &str) -> Vec<(u8, Vec<u8>)> {
-    message::query(&mut conn.stream.write_buf, sql);
-    conn.stream.flush().await.expect("send query");
-    let mut frames = Vec::new();
-    loop {
-        let (tag, len) = conn.stream.next_frame().await.expect("answer frame");
-        let body = conn.stream.body(len).to_vec();
-        conn.stream.consume(len);
-        if tag != backend::NOTICE && tag != backend::PARAMETER_STATUS {
-            frames.push((tag, body));
-        }
-        if tag == backend::READY_FOR_QUERY {
-            return frames;
-        }
-    }
-}
+use tessera_wire::message::backend;
 
 /// The same query under another comment, so a shard's log does not count the comparison run.
 fn uncounted(sql: &str) -> String {
@@ -132,9 +98,9 @@ async fn scatter_selects_run_bound_on_every_shard_and_fall_back_to_text_when_sta
         assert!(row.get::<_, i64>(0) > 0, "shard {shard} holds no rows");
     }
 
-    let mut gate = raw(cluster.cluster.gate_address.port(), &keyspace).await;
+    let mut gate = connect(cluster.cluster.gate_address.port(), &keyspace, Vec::new()).await;
     let tablets = cluster.tablets().await;
-    let mut direct = raw(tablets[0].postgres_port, &keyspace).await;
+    let mut direct = connect(tablets[0].postgres_port, &keyspace, Vec::new()).await;
 
     // An aggregate merged by the gate, and rows concatenated and sorted.
     let count = "SELECT count(*) FROM items /* scatter count */";
