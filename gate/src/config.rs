@@ -35,8 +35,9 @@ pub struct GateConfig {
     pub plan_cache_entries: usize,
     /// Run simple-protocol queries whose constants sit where a bound parameter means the same
     /// (`... WHERE id = 42`, `INSERT ... VALUES (...)`) as their template prepared on the
-    /// server, so PostgreSQL skips parse and plan; outside explicit transactions only (see
-    /// docs/gate.md). `false` sends every simple query as text.
+    /// server, so PostgreSQL skips parse and plan, and likewise repeated parameterless scatter
+    /// SELECTs on every shard; outside explicit transactions only (see docs/gate.md). `false`
+    /// sends every simple query as text.
     pub prepare_simple_queries: bool,
     /// How long a query to a shard that is changing primaries is held before failing.
     pub buffer_window_ms: u64,

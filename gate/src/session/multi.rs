@@ -323,7 +323,8 @@ impl Session {
             && plan.param_count == 0
             && self.shared.config.prepare_simple_queries
             && !self.tx.is_open()
-            && work.iter().all(|w| w.param_map.is_none() && w.sql == *sql);
+            // One statement serves every shard only if they all run the same text.
+            && work.iter().all(|w| w.sql == *sql);
         if !eligible {
             return None;
         }
@@ -336,7 +337,12 @@ impl Session {
             return None;
         }
         self.scatter_seen.remove(&key);
-        Some(self.remembered_statement(key, sql, &[]))
+        Some(super::simple::remember_statement(
+            &mut self.bound,
+            key,
+            sql,
+            &[],
+        ))
     }
 
     /// Waits for every held connection in `indices` to answer its queued round trip.
@@ -378,13 +384,11 @@ impl Session {
         if stale.is_empty() {
             return;
         }
-        self.bound.remove(&statement.key);
+        self.forget_stale_bound(statement.key, &stale);
         // The text repeats: its next run prepares it anew.
         self.scatter_seen.insert(statement.key);
-        metrics::counter!("tessera_gate_stale_prepared_total").increment(stale.len() as u64);
-        for index in &stale {
-            let held = &mut self.held[*index];
-            held.conn.prepared.forget(statement.key);
+        for &index in &stale {
+            let held = &mut self.held[index];
             held.batch.query(&mut held.conn, &work[0].sql, true);
         }
         for rerun in self.collect_all(&stale).await {

@@ -145,11 +145,9 @@ impl Session {
             && self.client.write_buf.first() == Some(&tessera_wire::message::backend::ERROR)
         {
             self.client.write_buf.clear();
-            if let Some(held) = self.held.iter_mut().find(|h| h.shard == shard) {
-                held.conn.prepared.forget(statement.key);
+            if let Some(index) = self.held.iter().position(|h| h.shard == shard) {
+                self.forget_stale_bound(statement.key, &[index]);
             }
-            self.bound.remove(&statement.key);
-            metrics::counter!("tessera_gate_stale_prepared_total").increment(1);
             return self.single_simple(shard, sql).await;
         }
         Ok(outcome.error.is_none())
@@ -158,29 +156,18 @@ impl Session {
     /// The server statement for `template` with the parameter types in `bind_types`.
     fn bound_statement(&mut self, template: &TemplatePlan) -> Arc<Statement> {
         let key = template.sql_key.with_types(&self.bind_types);
-        let types = std::mem::take(&mut self.bind_types);
-        let statement = self.remembered_statement(key, &template.plan.sql, &types);
-        self.bind_types = types;
-        statement
+        remember_statement(&mut self.bound, key, &template.plan.sql, &self.bind_types)
     }
 
-    /// The server statement for `sql` with `param_types` (content `key`), which the session
-    /// remembers.
-    pub(super) fn remembered_statement(
-        &mut self,
-        key: u64,
-        sql: &Arc<str>,
-        param_types: &[u32],
-    ) -> Arc<Statement> {
-        if let Some(statement) = self.bound.get(&key) {
-            return statement.clone();
+    /// A bound statement that the servers of the held connections at `indices` refused as
+    /// stale: closed there at their next round trip, and forgotten by the session, so its next
+    /// use prepares it anew.
+    pub(super) fn forget_stale_bound(&mut self, key: u64, indices: &[usize]) {
+        for &index in indices {
+            self.held[index].conn.prepared.forget(key);
         }
-        if self.bound.len() >= MAX_BOUND_STATEMENTS {
-            self.bound.clear();
-        }
-        let statement = Arc::new(Statement::new(sql.clone(), param_types.to_vec()));
-        self.bound.insert(key, statement.clone());
-        statement
+        self.bound.remove(&key);
+        metrics::counter!("tessera_gate_stale_prepared_total").increment(indices.len() as u64);
     }
 
     /// The one shard every statement routes to, if there is one and none is for the gate.
@@ -243,4 +230,23 @@ impl Session {
             _ => Err(error),
         }
     }
+}
+
+/// The server statement for `sql` with `param_types` (content `key`), from the session's
+/// `bound` statements or added to them.
+pub(super) fn remember_statement(
+    bound: &mut foldhash::HashMap<u64, Arc<Statement>>,
+    key: u64,
+    sql: &Arc<str>,
+    param_types: &[u32],
+) -> Arc<Statement> {
+    if let Some(statement) = bound.get(&key) {
+        return statement.clone();
+    }
+    if bound.len() >= MAX_BOUND_STATEMENTS {
+        bound.clear();
+    }
+    let statement = Arc::new(Statement::new(sql.clone(), param_types.to_vec()));
+    bound.insert(key, statement.clone());
+    statement
 }
